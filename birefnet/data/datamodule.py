@@ -1,0 +1,147 @@
+"""LightningDataModule over DIS-layout folders: training sets concatenated, one loader per evaluation set."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from birefnet.data.dataset import DISDataset, parse_sets
+from birefnet.data.transforms import REFERENCE_AUGMENTATIONS, eval_transform, train_transform
+
+__all__ = ["DISDataModule", "DynamicSizeCollate", "eval_collate"]
+
+
+def eval_collate(items: list[dict]) -> dict:
+    """Stack resized images/masks; keep full-size masks, names and sizes as lists (sizes differ per image)."""
+    batch = {
+        "image": torch.stack([it["image"] for it in items]),
+        "mask": torch.stack([it["mask"] for it in items]),
+        "name": [it["name"] for it in items],
+        "set": [it["set"] for it in items],
+        "orig_size": torch.stack([it["orig_size"] for it in items]),
+    }
+    if "mask_full" in items[0]:
+        batch["mask_full"] = [it["mask_full"] for it in items]
+    return batch
+
+
+class DynamicSizeCollate:
+    """Resize every batch to one random size (multiples of 32 in ``[min_size, max_size]``), as BiRefNet_dynamic.
+
+    The per-batch size comes from Python's ``random``, which Lightning seeds per worker (``seed_everything``
+    with ``workers=True``), so runs are reproducible.
+    """
+
+    def __init__(self, min_size: int = 256, max_size: int = 2304) -> None:
+        if min_size % 32 or max_size % 32 or min_size > max_size:
+            raise ValueError(f"dynamic size range [{min_size}, {max_size}] must be multiples of 32, min <= max.")
+        self.min_size, self.max_size = min_size, max_size
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = eval_collate(items)
+        h = random.randrange(self.min_size, self.max_size + 1, 32)
+        w = random.randrange(self.min_size, self.max_size + 1, 32)
+        batch["image"] = F.interpolate(batch["image"], size=(h, w), mode="bilinear", align_corners=False)
+        batch["mask"] = F.interpolate(batch["mask"], size=(h, w), mode="bilinear", align_corners=False)
+        return batch
+
+
+class DISDataModule(L.LightningDataModule):
+    """Train/val/test loaders for DIS-layout data.
+
+    Args:
+        root: folder holding the sets (``<root>/<set>/{im,gt}``).
+        train_sets: ``'DIS-TR'``, ``'DIS-TR+DIS-VD'`` or a list; concatenated for training.
+        val_sets / test_sets: one loader each, the set name kept so metrics come per dataset.
+        size: training and evaluation size (height, width); multiples of 32.
+        batch_size: per-device training batch size; ``eval_batch_size`` for val/test.
+        augmentations: names from flip, crop, rotate, enhance, pepper (reference: flip, enhance, rotate, pepper).
+        background_synthesis: reference background-colour synthesis (keeps only the flip).
+        dynamic_size: ``[min, max]`` per-batch random size for training (BiRefNet_dynamic), or ``None``.
+        skip_invalid: skip broken files with a warning instead of stopping.
+        fast_decode: decode large JPEGs at reduced size when still >= the training size.
+        num_workers / pin_memory: loader settings.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_sets: str | Sequence[str] = "DIS-TR",
+        val_sets: str | Sequence[str] = ("DIS-VD",),
+        test_sets: str | Sequence[str] = ("DIS-VD",),
+        size: Sequence[int] = (1024, 1024),
+        batch_size: int = 4,
+        eval_batch_size: int = 1,
+        augmentations: Sequence[str] = REFERENCE_AUGMENTATIONS,
+        background_synthesis: bool = False,
+        dynamic_size: Sequence[int] | None = None,
+        skip_invalid: bool = False,
+        fast_decode: bool = True,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        self.root = str(root)
+        self.train_sets = parse_sets(train_sets) if train_sets else []
+        self.val_sets = parse_sets(val_sets) if val_sets else []
+        self.test_sets = parse_sets(test_sets) if test_sets else []
+        self.size = tuple(int(s) for s in size)
+        if any(s % 32 for s in self.size):
+            raise ValueError(f"data size {self.size} must be multiples of 32 (e.g. 1024x1024 or 512x512).")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.augmentations = list(augmentations)
+        self.background_synthesis = background_synthesis
+        self.dynamic_size = list(dynamic_size) if dynamic_size else None
+        self.skip_invalid, self.fast_decode = skip_invalid, fast_decode
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.train_set: DISDataset | None = None
+        self.val_datasets: list[DISDataset] = []
+        self.test_datasets: list[DISDataset] = []
+
+    def _eval_sets(self, names: list[str]) -> list[DISDataset]:
+        return [
+            DISDataset(self.root, n, eval_transform(self.size), self.skip_invalid, keep_full_mask=True) for n in names
+        ]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and self.train_sets and self.train_set is None:
+            self.train_set = DISDataset(
+                self.root,
+                self.train_sets,
+                train_transform(self.size, self.augmentations, self.background_synthesis),
+                self.skip_invalid,
+                decode_min_side=min(self.size) if self.fast_decode else None,
+            )
+        if stage in ("fit", "validate", None) and not self.val_datasets:
+            self.val_datasets = self._eval_sets(self.val_sets)
+        if stage in ("test", None) and not self.test_datasets:
+            self.test_datasets = self._eval_sets(self.test_sets)
+
+    def _loader(self, ds: DISDataset, batch_size: int, train: bool) -> DataLoader:
+        collate = DynamicSizeCollate(*self.dynamic_size) if train and self.dynamic_size else eval_collate
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(ds) > batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            raise RuntimeError("No training sets configured (data.train_sets).")
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(ds, self.eval_batch_size, train=False) for ds in self.val_datasets]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(ds, self.eval_batch_size, train=False) for ds in self.test_datasets]

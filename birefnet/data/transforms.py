@@ -1,0 +1,236 @@
+"""Training and evaluation transforms (albumentations), reproducing the reference training pipeline.
+
+Reference order (ZhengPeng7/BiRefNet @ 25cb930, ``dataset.py`` / ``image_proc.py``): resize image and mask to
+the training size first (bilinear), then horizontal flip (p 0.5), optional crop, rotation (p 0.2, integer
+angle in [-15, 14], bicubic, image and mask), colour enhancement on every sample (brightness and contrast
+x{0.5..1.5}, colour x{0..2}, sharpness x{0..3}, steps of 0.1), pepper noise (0.15 % of pixels to 0 or 255,
+image only), optional background-colour synthesis, then ImageNet normalisation. The enhancement follows
+PIL's ImageEnhance definitions but runs as OpenCV/numpy arithmetic, which is several times faster.
+Masks stay float in [0, 1] (soft edges kept); metrics binarise ``gt > 128/255`` themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BackgroundColorSynthesis",
+    "ColorEnhance",
+    "PepperNoise",
+    "RandomCenterCrop",
+    "eval_transform",
+    "train_transform",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+REFERENCE_AUGMENTATIONS = ("flip", "enhance", "rotate", "pepper")
+
+_SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13.0
+
+
+def _blend(degenerate: np.ndarray, img: np.ndarray, factor: float) -> np.ndarray:
+    """PIL ImageEnhance blend: ``degenerate + factor * (img - degenerate)``, clipped to uint8."""
+    out = degenerate.astype(np.float32) + factor * (img.astype(np.float32) - degenerate)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    # ITU-R 601-2 luma, as PIL's convert("L") (integer arithmetic rounded)
+    img = img.astype(np.uint32)
+    return ((img[..., 0] * 19595 + img[..., 1] * 38470 + img[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+class ColorEnhance(A.ImageOnlyTransform):
+    """Brightness, contrast, colour and sharpness enhancement with the reference's random factors."""
+
+    def __init__(self, p: float = 1.0) -> None:
+        super().__init__(p=p)
+
+    def get_params(self) -> dict:
+        r = self.py_random
+        return {
+            "brightness": r.randint(5, 15) / 10.0,
+            "contrast": r.randint(5, 15) / 10.0,
+            "color": r.randint(0, 20) / 10.0,
+            "sharpness": r.randint(0, 30) / 10.0,
+        }
+
+    def apply(
+        self,
+        img: np.ndarray,
+        brightness: float = 1.0,
+        contrast: float = 1.0,
+        color: float = 1.0,
+        sharpness: float = 1.0,
+        **params,
+    ) -> np.ndarray:
+        img = _blend(np.zeros_like(img), img, brightness)
+        mean = float(int(_gray(img).mean() + 0.5))
+        img = _blend(np.full_like(img, mean, dtype=np.float32), img, contrast)
+        img = _blend(np.repeat(_gray(img)[..., None], 3, axis=2), img, color)
+        smooth = cv2.filter2D(img.astype(np.float32), -1, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
+        smooth = np.clip(smooth + 0.5, 0, 255)
+        smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1] = img[0], img[-1], img[:, 0], img[:, -1]
+        return _blend(smooth, img, sharpness)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ()
+
+
+class PepperNoise(A.ImageOnlyTransform):
+    """Set ``amount`` of the pixels (all channels) to 0 or 255 at random (reference: 0.15 %)."""
+
+    def __init__(self, amount: float = 0.0015, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.amount = amount
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        h, w = img.shape[:2]
+        n = int(self.amount * h * w)
+        rng = self.random_generator
+        ys, xs = rng.integers(0, h, n), rng.integers(0, w, n)
+        img = img.copy()
+        img[ys, xs] = np.where(rng.integers(0, 2, n) == 0, 0, 255)[:, None].astype(img.dtype)
+        return img
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("amount",)
+
+
+class RandomCenterCrop(A.DualTransform):
+    """Crop up to ``max_fraction`` of the short side around a random point, then resize back (reference crop)."""
+
+    def __init__(self, max_fraction: float = 0.1, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.max_fraction = max_fraction
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        h, w = params["shape"][:2]
+        border = int(min(h, w) * self.max_fraction)
+        r = self.py_random
+        cw, ch = r.randint(w - border, w), r.randint(h - border, h)
+        x0, y0 = (
+            (w - cw) // 2 + r.randint(-(w - cw) // 2, (w - cw) // 2),
+            (h - ch) // 2 + r.randint(-(h - ch) // 2, (h - ch) // 2),
+        )
+        return {"box": (max(0, x0), max(0, y0), cw, ch)}
+
+    def _crop(self, arr: np.ndarray, box: tuple[int, int, int, int], interp: int) -> np.ndarray:
+        x0, y0, cw, ch = box
+        h, w = arr.shape[:2]
+        return cv2.resize(arr[y0 : y0 + ch, x0 : x0 + cw], (w, h), interpolation=interp)
+
+    def apply(self, img: np.ndarray, box: tuple = (0, 0, 0, 0), **params) -> np.ndarray:
+        return self._crop(img, box, cv2.INTER_LINEAR)
+
+    def apply_to_mask(self, mask: np.ndarray, box: tuple = (0, 0, 0, 0), **params) -> np.ndarray:
+        return self._crop(mask, box, cv2.INTER_LINEAR)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("max_fraction",)
+
+
+class BackgroundColorSynthesis(A.DualTransform):
+    """Replace the background by a flat colour: 40 % grey, 40 % near the foreground mean (+-20 %), 20 % random."""
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        r = self.py_random
+        u = r.random()
+        img, mask = data["image"], data["mask"]
+        if u < 0.4:
+            color = np.full(3, r.randint(0, 255), dtype=np.float32)
+        elif u < 0.8:
+            weight = mask.astype(np.float32)[..., None] / 255.0
+            fg_mean = (img * weight).sum((0, 1)) / max(float(weight.sum()), 1.0)
+            color = np.clip(fg_mean * np.array([1 + r.uniform(-0.2, 0.2) for _ in range(3)]), 0, 255)
+        else:
+            color = np.array([r.randint(0, 255) for _ in range(3)], dtype=np.float32)
+        return {"color": color.astype(np.float32), "alpha": mask.astype(np.float32)[..., None] / 255.0}
+
+    def apply(self, img: np.ndarray, color: np.ndarray = None, alpha: np.ndarray = None, **params) -> np.ndarray:
+        out = img.astype(np.float32) * alpha + color * (1.0 - alpha)
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+    def apply_to_mask(self, mask: np.ndarray, **params) -> np.ndarray:
+        return mask
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ()
+
+
+class _ToTensors(A.DualTransform):
+    """ImageNet-normalised CHW float image; mask to ``1 x H x W`` float in [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__(p=1.0)
+        self._mean = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
+        self._inv_std = 1.0 / (np.array(IMAGENET_STD, dtype=np.float32) * 255.0)
+
+    def apply(self, img: np.ndarray, **params) -> torch.Tensor:
+        img = (img.astype(np.float32) - self._mean) * self._inv_std
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+    def apply_to_mask(self, mask: np.ndarray, **params) -> torch.Tensor:
+        return torch.from_numpy(mask.astype(np.float32) / 255.0)[None]
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ()
+
+
+def train_transform(
+    size: Sequence[int] = (1024, 1024),
+    augmentations: Sequence[str] = REFERENCE_AUGMENTATIONS,
+    background_synthesis: bool = False,
+) -> A.Compose:
+    """The reference training pipeline at ``size`` = (height, width).
+
+    ``augmentations`` picks from ``flip``, ``crop``, ``rotate``, ``enhance``, ``pepper`` (reference default:
+    flip, enhance, rotate, pepper). With ``background_synthesis`` only the flip is kept, as in the reference.
+    """
+    h, w = size
+    unknown = set(augmentations) - {"flip", "crop", "rotate", "enhance", "pepper"}
+    if unknown:
+        raise ValueError(f"Unknown augmentations {sorted(unknown)}; choose from flip, crop, rotate, enhance, pepper.")
+    augs = set(augmentations) & ({"flip"} if background_synthesis else set(augmentations))
+    steps: list = [A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR)]
+    if "flip" in augs:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if "crop" in augs:
+        steps.append(RandomCenterCrop(0.1, p=1.0))
+    if "rotate" in augs:
+        steps.append(
+            A.Rotate(
+                limit=(-15, 14),
+                interpolation=cv2.INTER_CUBIC,
+                mask_interpolation=cv2.INTER_CUBIC,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=0,
+                p=0.2,
+            )
+        )
+    if "enhance" in augs:
+        steps.append(ColorEnhance(p=1.0))
+    if "pepper" in augs:
+        steps.append(PepperNoise(0.0015, p=1.0))
+    if background_synthesis:
+        steps.append(BackgroundColorSynthesis(p=1.0))
+    steps.append(_ToTensors())
+    return A.Compose(steps)
+
+
+def eval_transform(size: Sequence[int] | None = (1024, 1024)) -> A.Compose:
+    """Resize to ``size`` = (height, width) (``None``: keep the size, floored to multiples of 32) and normalise."""
+    steps: list = []
+    if size is not None:
+        steps.append(A.Resize(size[0], size[1], interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR))
+    steps.append(_ToTensors())
+    return A.Compose(steps)

@@ -1,0 +1,5 @@
+"""DIS / SOD metrics with PySODMetrics semantics."""
+
+from birefnet.metrics.dis import DISMetrics
+
+__all__ = ["DISMetrics"]

@@ -1,0 +1,202 @@
+"""Backbones: the reference ones by name, torchvision CNNs, and any timm ``features_only`` model.
+
+Every backbone returned by :func:`build_backbone` is an ``nn.Module`` whose ``forward`` maps
+``(B, 3, H, W)`` to a list of four NCHW feature maps ordered shallow to deep, and which exposes
+``out_channels`` and ``reductions`` (the stride of each map). The decoder reads both, so no channel
+table per backbone exists anywhere else.
+
+Weights never download: :func:`load_backbone_weights` reads a local file (official Swin/PVT release
+layout, timm layout, or a torchvision file) and reports what it loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from birefnet.models.pvt_v2 import PVT_CONFIGS, pvt_v2
+from birefnet.models.swin import SWIN_CONFIGS, swin_v1
+
+log = logging.getLogger(__name__)
+
+__all__ = ["REFERENCE_BACKBONES", "TimmBackbone", "TorchvisionBackbone", "build_backbone", "load_backbone_weights"]
+
+REFERENCE_BACKBONES = (*SWIN_CONFIGS, *PVT_CONFIGS, "resnet50", "vgg16", "vgg16bn")
+
+
+class TorchvisionBackbone(nn.Sequential):
+    """ResNet-50 / VGG-16(-BN) cut into four stages ``conv1..conv4`` (the reference's module names)."""
+
+    def __init__(self, name: str) -> None:
+        import torchvision.models as tvm
+
+        if name == "resnet50":
+            net = tvm.resnet50(weights=None)
+            stages = OrderedDict(
+                conv1=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1),
+                conv2=net.layer2,
+                conv3=net.layer3,
+                conv4=net.layer4,
+            )
+            self_channels, self_reductions = [256, 512, 1024, 2048], [4, 8, 16, 32]
+        elif name in ("vgg16", "vgg16bn"):
+            feats = (tvm.vgg16_bn if name == "vgg16bn" else tvm.vgg16)(weights=None).features
+            cuts = (0, 13, 23, 33, 43) if name == "vgg16bn" else (0, 9, 16, 23, 30)
+            stages = OrderedDict((f"conv{i + 1}", feats[cuts[i] : cuts[i + 1]]) for i in range(4))
+            self_channels, self_reductions = [128, 256, 512, 512], [2, 4, 8, 16]
+        else:
+            raise ValueError(f"Unknown torchvision backbone {name!r}.")
+        super().__init__(stages)
+        self.out_channels, self.reductions = self_channels, self_reductions
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for stage in self:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+
+class TimmBackbone(nn.Module):
+    """Any timm model with ``features_only``: the last four feature levels, always NCHW.
+
+    Args:
+        name: timm model name; a leading ``timm/`` is accepted (``timm/convnext_tiny``).
+        weights_file: optional local weight file, loaded through timm's own key filter.
+        **kwargs: passed to ``timm.create_model`` (e.g. ``img_size`` for ViT-like models).
+    """
+
+    def __init__(self, name: str, weights_file: str | None = None, **kwargs) -> None:
+        super().__init__()
+        import timm
+
+        name = name.removeprefix("timm/")
+        if weights_file:
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights_file)})
+        self.model = timm.create_model(name, features_only=True, **kwargs)
+        info = self.model.feature_info
+        if len(info.channels()) < 4:
+            raise ValueError(f"timm model {name!r} exposes {len(info.channels())} feature levels; BiRefNet needs 4.")
+        self.out_channels = list(info.channels()[-4:])
+        self.reductions = list(info.reduction()[-4:])
+        self.channels_last_output = str(getattr(self.model, "output_fmt", "NCHW")).endswith("NHWC")
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.model(x)[-4:]
+        if self.channels_last_output:
+            feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
+        return feats
+
+
+def build_backbone(name: str, weights_file: str | None = None, **kwargs) -> nn.Module:
+    """Build a backbone by reference name (``swin_v1_l``, ``pvt_v2_b2``, ``resnet50``, ...) or ``timm/<name>``.
+
+    ``kwargs`` override the reference configuration (e.g. ``drop_path_rate``) or go to timm.
+    Without ``weights_file`` the backbone keeps its random initialisation, and a log line says so.
+    """
+    if name.startswith("timm/"):
+        return TimmBackbone(name, weights_file, **kwargs)
+    if name in SWIN_CONFIGS:
+        bb = swin_v1(name, **kwargs)
+    elif name in PVT_CONFIGS:
+        bb = pvt_v2(name, **kwargs)
+    elif name in ("resnet50", "vgg16", "vgg16bn"):
+        bb = TorchvisionBackbone(name)
+    else:
+        raise ValueError(
+            f"Unknown backbone {name!r}. Choose one of {', '.join(REFERENCE_BACKBONES)} or 'timm/<model name>'."
+        )
+    if weights_file:
+        load_backbone_weights(bb, weights_file)
+    else:
+        log.info("Backbone %s: no weights file given, random initialisation.", name)
+    return bb
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read tensors from a ``.safetensors`` file or a torch file, without unpickling arbitrary objects.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is truncated, corrupt, or holds objects other than tensors and containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist; pass the path of a local weights file.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"Could not read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            "The file may be truncated or not a weights file; download it again or pick another file."
+        ) from err
+
+
+def unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:
+    """Descend into ``state_dict`` / ``model`` / ``module`` / ``params`` wrappers until tensors appear."""
+    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in ("state_dict", "model", "module", "params", "model_state"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+        else:
+            break
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _timm_to_reference(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename timm Swin / PVT v2 keys into the reference (official release) layout; others pass through."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("stages.") or (k.startswith("patch_embed.proj") and any(s.startswith("stages.") for s in sd)):
+            # timm PVT v2
+            k = re.sub(r"^patch_embed\.", "patch_embed1.", k)
+            k = re.sub(r"^stages\.(\d+)\.downsample\.", lambda m: f"patch_embed{int(m[1]) + 1}.", k)
+            k = re.sub(r"^stages\.(\d+)\.blocks\.", lambda m: f"block{int(m[1]) + 1}.", k)
+            k = re.sub(r"^stages\.(\d+)\.norm\.", lambda m: f"norm{int(m[1]) + 1}.", k)
+            k = re.sub(r"\.mlp\.dwconv\.(weight|bias)$", r".mlp.dwconv.dwconv.\1", k)
+        elif re.match(r"^layers\.\d+\.downsample\.", k) and "layers.0.downsample.norm.weight" not in sd:
+            # timm Swin keeps patch merging at the start of the next stage
+            k = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m[1]) - 1}.downsample.", k)
+        out[k] = v
+    return out
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load ImageNet weights from a local file into a reference backbone, keeping matching keys only.
+
+    Keys present in the model with equal shapes are loaded (the official Swin files lack the per-stage
+    ``norm0..3``, which keep their default init). A file sharing no key with the model is an error.
+    """
+    sd = unwrap_state_dict(read_state_dict(path))
+    sd = {re.sub(r"^(module\.|_orig_mod\.|backbone\.|bb\.)+", "", k): v for k, v in sd.items()}
+    sd = _timm_to_reference(sd)
+    own = backbone.state_dict()
+    usable = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(
+            f"Backbone weights {path} share no key with {type(backbone).__name__}; it looks like weights of another "
+            f"model (first keys: {list(sd)[:3]}). Pass the ImageNet file that matches the chosen backbone."
+        )
+    backbone.load_state_dict(usable, strict=False)
+    missing = [k for k in own if k not in usable and not k.endswith("relative_position_index")]
+    log.info(
+        "Backbone weights %s: loaded %d tensors, %d left at init (e.g. %s), %d file keys unused.",
+        path,
+        len(usable),
+        len(missing),
+        missing[:3],
+        len(sd) - len(usable),
+    )

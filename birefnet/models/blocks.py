@@ -1,0 +1,248 @@
+"""Building blocks of the BiRefNet decoder.
+
+Re-implemented from the description of ZhengPeng7/BiRefNet @ 25cb930 (``models/modules``), MIT licence.
+Module and attribute names follow the reference so that official checkpoints load without renaming.
+Every normalisation layer is an argument (``norm_layer``); the reference derived it from the training
+batch size, which made BatchNorm keys vanish from checkpoints trained with batch size 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import deform_conv2d
+
+NormLayer = Callable[[int], nn.Module]
+
+__all__ = [
+    "ASPP",
+    "ASPPDeformable",
+    "BasicDecBlk",
+    "BasicLatBlk",
+    "DeformableConv2d",
+    "ResBlk",
+    "SimpleConvs",
+    "build_attention",
+    "resize",
+]
+
+
+def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize with ``align_corners=True``, the only resize the reference model uses."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+class DeformableConv2d(nn.Module):
+    """Modulated deformable convolution (DCNv2) with zero-initialised offset and modulator branches.
+
+    At initialisation it equals a plain convolution: offsets are 0 and the mask ``2 * sigmoid(0)`` is 1.
+    Shape: ``(B, C_in, H, W) -> (B, C_out, H, W)`` (stride 1, padding ``kernel_size // 2``).
+    ``torchvision.ops.deform_conv2d`` has no bf16/fp16 CPU kernel, so it runs in fp32 under autocast
+    and the result is cast back to the input dtype.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1, bias: bool = False
+    ) -> None:
+        super().__init__()
+        self.padding = padding
+        taps = kernel_size * kernel_size
+        self.offset_conv = nn.Conv2d(in_channels, 2 * taps, kernel_size, padding=padding, bias=True)
+        self.modulator_conv = nn.Conv2d(in_channels, taps, kernel_size, padding=padding, bias=True)
+        self.regular_conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
+        for conv in (self.offset_conv, self.modulator_conv):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offset = self.offset_conv(x)
+        mask = 2.0 * torch.sigmoid(self.modulator_conv(x))
+        weight, bias = self.regular_conv.weight, self.regular_conv.bias
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = deform_conv2d(
+                x.float(),
+                offset.float(),
+                weight.float(),
+                None if bias is None else bias.float(),
+                padding=(self.padding, self.padding),
+                mask=mask.float(),
+            )
+        return out.to(x.dtype)
+
+
+class _ConvBnRelu(nn.Module):
+    """One ASPP branch: ``atrous_conv`` -> ``bn`` -> ReLU (names as in the reference)."""
+
+    def __init__(self, conv: nn.Module, channels: int, norm_layer: NormLayer) -> None:
+        super().__init__()
+        self.atrous_conv = conv
+        self.bn = norm_layer(channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.atrous_conv(x)))
+
+
+class _ASPPBase(nn.Module):
+    """Shared tail of both ASPP variants: image-pool branch, 1x1 fusion, BN, ReLU, dropout 0.5."""
+
+    branch_channels = 256
+
+    def _build_tail(self, in_channels: int, out_channels: int, num_branches: int, norm_layer: NormLayer) -> None:
+        c = self.branch_channels
+        self.global_avg_pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d((1, 1)), nn.Conv2d(in_channels, c, 1, bias=False), norm_layer(c), nn.ReLU(inplace=True)
+        )
+        self.conv1 = nn.Conv2d(c * (num_branches + 1), out_channels, 1, bias=False)
+        self.bn1 = norm_layer(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(0.5)
+
+    def _fuse(self, x: torch.Tensor, branches: list[torch.Tensor]) -> torch.Tensor:
+        pooled = resize(self.global_avg_pool(x), branches[0].shape[2:])
+        x = self.conv1(torch.cat([*branches, pooled], dim=1))
+        return self.dropout(self.relu(self.bn1(x)))
+
+
+class ASPPDeformable(_ASPPBase):
+    """Deformable ASPP: a 1x1 deformable branch, one deformable branch per kernel size, an image pool.
+
+    ``kernel_sizes=(1, 3, 7)`` is the current reference; ``(3,)`` is the legacy (pre-2024-05-02) layout.
+    Shape: ``(B, C, H, W) -> (B, out_channels or C, H, W)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        kernel_sizes: Sequence[int] = (1, 3, 7),
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+        c = self.branch_channels
+        self.aspp1 = _ConvBnRelu(DeformableConv2d(in_channels, c, 1, padding=0), c, norm_layer)
+        self.aspp_deforms = nn.ModuleList(
+            _ConvBnRelu(DeformableConv2d(in_channels, c, k, padding=k // 2), c, norm_layer) for k in kernel_sizes
+        )
+        self._build_tail(in_channels, out_channels, 1 + len(kernel_sizes), norm_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fuse(x, [self.aspp1(x), *(m(x) for m in self.aspp_deforms)])
+
+
+class ASPP(_ASPPBase):
+    """Atrous spatial pyramid pooling with dilations 1, 6, 12, 18 (output stride 16) and an image pool."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        dilations: Sequence[int] = (1, 6, 12, 18),
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+        c = self.branch_channels
+        for i, d in enumerate(dilations, start=1):
+            k = 1 if d == 1 else 3
+            conv = nn.Conv2d(in_channels, c, k, padding=0 if k == 1 else d, dilation=d, bias=False)
+            setattr(self, f"aspp{i}", _ConvBnRelu(conv, c, norm_layer))
+        self.num_dilations = len(dilations)
+        self._build_tail(in_channels, out_channels, len(dilations), norm_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fuse(x, [getattr(self, f"aspp{i}")(x) for i in range(1, self.num_dilations + 1)])
+
+
+def build_attention(
+    kind: str, channels: int, norm_layer: NormLayer, deform_kernel_sizes: Sequence[int] = (1, 3, 7)
+) -> nn.Module | None:
+    """Decoder attention by its reference name: ``''``, ``'ASPP'`` or ``'ASPPDeformable'``."""
+    if kind in ("", None, "none"):
+        return None
+    if kind == "ASPP":
+        return ASPP(channels, norm_layer=norm_layer)
+    if kind == "ASPPDeformable":
+        return ASPPDeformable(channels, kernel_sizes=deform_kernel_sizes, norm_layer=norm_layer)
+    raise ValueError(f"Unknown decoder attention {kind!r}; choose '', 'ASPP' or 'ASPPDeformable'.")
+
+
+class BasicDecBlk(nn.Module):
+    """conv3x3 -> norm -> ReLU -> [attention] -> conv3x3 -> norm, with no activation at the end.
+
+    Shape: ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        inter_channels: int = 64,
+        attention: str = "ASPPDeformable",
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        deform_kernel_sizes: Sequence[int] = (1, 3, 7),
+    ) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, inter_channels, 3, padding=1)
+        self.relu_in = nn.ReLU(inplace=True)
+        self.dec_att = build_attention(attention, inter_channels, norm_layer, deform_kernel_sizes)
+        self.conv_out = nn.Conv2d(inter_channels, out_channels, 3, padding=1)
+        self.bn_in = norm_layer(inter_channels)
+        self.bn_out = norm_layer(out_channels)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu_in(self.bn_in(self.conv_in(x)))
+        if self.dec_att is not None:
+            x = self.dec_att(x)
+        return self.bn_out(self.conv_out(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._body(x)
+
+
+class ResBlk(BasicDecBlk):
+    """:class:`BasicDecBlk` plus a 1x1 convolution shortcut (``conv_resi``) added at the end."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        inter_channels: int = 64,
+        attention: str = "ASPPDeformable",
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        deform_kernel_sizes: Sequence[int] = (1, 3, 7),
+    ) -> None:
+        super().__init__(in_channels, out_channels, inter_channels, attention, norm_layer, deform_kernel_sizes)
+        self.conv_resi = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._body(x) + self.conv_resi(x)
+
+
+class BasicLatBlk(nn.Module):
+    """Lateral connection: a single 1x1 convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class SimpleConvs(nn.Module):
+    """Inward-reference encoder of image patches: conv3x3 -> conv3x3, no norm, no activation."""
+
+    def __init__(self, in_channels: int, out_channels: int, inter_channels: int = 64) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, inter_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(inter_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.conv1(x))

@@ -1,0 +1,76 @@
+"""``train(cfg)``: build data, model, callbacks, loggers and trainer from a Hydra config and fit.
+
+``python train.py`` at the repository root is the command-line entry; tests and notebooks call
+:func:`train` with a composed config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from birefnet.utils import instantiate_dict, log, save_config, split_logged_metrics, write_results
+
+__all__ = ["train"]
+
+
+def _describe_model(net: torch.nn.Module) -> str:
+    n = sum(p.numel() for p in net.parameters())
+    config = getattr(net, "config", {})
+    knobs = ", ".join(
+        f"{k}={v}"
+        for k, v in config.items()
+        if k in ("backbone", "decoder_attention", "multi_scale_input", "variant", "layout")
+    )
+    return f"{type(net).__name__}({knobs}) with {n / 1e6:.2f} M parameters"
+
+
+def train(cfg: DictConfig) -> tuple[dict, dict]:
+    """Fit (and optionally test) the model described by ``cfg``; returns ``(metrics, objects)``."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    model: L.LightningModule = instantiate(cfg.model)
+    log.info("Model: %s%s", _describe_model(model.net), f" - {cfg.model_note}" if cfg.get("model_note") else "")
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    loggers = instantiate_dict(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.is_global_zero:
+        save_config(cfg, output_dir)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    results = {}
+    if cfg.get("test") and datamodule.test_sets and not trainer.fast_dev_run:
+        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
+        test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        metrics.update(test_metrics)
+        results = split_logged_metrics(test_metrics, "test", cfg.get("task_name", "birefnet"))
+    if trainer.is_global_zero:
+        if results:
+            json_path = write_results(results, output_dir)
+            log.info(
+                "Test metrics written to %s (and .csv/.md/.tex):\n%s",
+                json_path,
+                (output_dir / "results.md").read_text(),
+            )
+        cb = trainer.checkpoint_callback
+        if cb is not None and cb.dirpath:
+            log.info(
+                "Checkpoints in %s (best: %s, last: %s)",
+                cb.dirpath,
+                cb.best_model_path or "-",
+                cb.last_model_path or "-",
+            )
+        log.info("Run directory: %s", output_dir)
+    return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
