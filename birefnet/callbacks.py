@@ -34,7 +34,7 @@ def finetune_loss_weights(
     w = dict(base)
     if not k:
         return w
-    factors = {"mse": 0.9 ** k, "ssim": 0.9 ** k} if matting else {"bce": 0.0, "iou": 0.5 ** k, "mae": 0.9 ** k}
+    factors = {"mse": 0.9**k, "ssim": 0.9**k} if matting else {"bce": 0.0, "iou": 0.5**k, "mae": 0.9**k}
     return {name: value * factors.get(name, 1.0) for name, value in w.items()}
 
 

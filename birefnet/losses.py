@@ -9,7 +9,8 @@ independent of the batch size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,11 +43,24 @@ LOSS_PRESETS: dict[str, dict[str, float]] = {
 }
 
 
+def _fp32(fn: Callable) -> Callable:
+    """Run a criterion in fp32 with autocast off, whatever the caller's precision."""
+
+    @functools.wraps(fn)
+    def wrapper(logits: torch.Tensor, target: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return fn(logits.float(), target.float(), *args, **kwargs)
+
+    return wrapper
+
+
+@_fp32
 def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean binary cross-entropy on logits (soft targets allowed)."""
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
+@_fp32
 def iou_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """Per-sample soft IoU loss ``1 - sum(pg) / (sum(p) + sum(g) - sum(pg))``, summed (reference) or averaged."""
     p = torch.sigmoid(logits)
@@ -56,6 +70,7 @@ def iou_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "sum")
     return per_sample.sum() if reduction == "sum" else per_sample.mean()
 
 
+@_fp32
 def patch_iou_loss(logits: torch.Tensor, target: torch.Tensor, patch: int = 64) -> torch.Tensor:
     """IoU loss over non-overlapping ``patch x patch`` windows, averaged over windows and samples.
 
@@ -76,6 +91,7 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.T
     return (g[:, None] @ g[None, :])[None, None]
 
 
+@_fp32
 def ssim_loss(logits: torch.Tensor, target: torch.Tensor, window_size: int = 11) -> torch.Tensor:
     """``1 - (1 + SSIM) / 2`` with an 11x11 Gaussian (sigma 1.5), C1 = 0.01^2, C2 = 0.03^2, zero padding."""
     p = torch.sigmoid(logits)
@@ -94,20 +110,24 @@ def ssim_loss(logits: torch.Tensor, target: torch.Tensor, window_size: int = 11)
     return 1.0 - (1.0 + ssim.mean()) / 2.0
 
 
+@_fp32
 def mae_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (torch.sigmoid(logits) - target).abs().mean()
 
 
+@_fp32
 def mse_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((torch.sigmoid(logits) - target) ** 2).mean()
 
 
+@_fp32
 def reg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binarisation regulariser ``mean(1 - (p^2 + (p - 1)^2))``: 0 for a binary map, 0.5 at p = 0.5."""
     p = torch.sigmoid(logits)
     return (1.0 - (p**2 + (p - 1.0) ** 2)).mean()
 
 
+@_fp32
 def structure_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """F3Net/MVANet structure loss: boundary-weighted BCE + weighted IoU, on logits (the reference fed it
     probabilities)."""
@@ -121,6 +141,7 @@ def structure_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (wbce + wiou).mean()
 
 
+@_fp32
 def contour_loss(logits: torch.Tensor, target: torch.Tensor, length_weight: float = 10.0) -> torch.Tensor:
     """Chan-Vese style active-contour loss: ``length_weight * curve length + region fit``."""
     p = torch.sigmoid(logits)
@@ -158,7 +179,7 @@ class PixelLoss(nn.Module):
 
     def __init__(self, weights: Mapping[str, float] = LOSS_PRESETS["DIS5K"], iou_reduction: str = "sum") -> None:
         super().__init__()
-        unknown = set(weights) - set(CRITERIA)
+        unknown = {k for k, v in weights.items() if v} - set(CRITERIA)  # zero weights (e.g. 'triplet') are ignored
         if unknown:
             raise ValueError(f"Unknown loss terms {sorted(unknown)}; choose from {sorted(CRITERIA)}.")
         if iou_reduction not in ("sum", "mean"):
