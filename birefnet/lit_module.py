@@ -59,6 +59,10 @@ class DISLitModule(L.LightningModule):
         self.val_metrics = nn.ModuleDict()
         self.test_metrics = nn.ModuleDict()
         self._step_start = 0.0
+        # the last computed test results per set (metrics, curves, worst images), for evaluate()
+        self.final_test_results: dict = {}
+        self.final_test_curves: dict = {}
+        self.final_test_worst: dict = {}
 
     # -- setup -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -114,7 +118,7 @@ class DISLitModule(L.LightningModule):
         store = self.val_metrics if stage == "val" else self.test_metrics
         name = self._set_names(stage)[dataloader_idx]
         full = [resize(p[None], m.shape[-2:])[0] for p, m in zip(probs, batch["mask_full"], strict=True)]
-        store[name].update(full, batch["mask_full"])
+        store[name].update(full, batch["mask_full"], names=batch["name"])
         if stage == "val" and dataloader_idx == 0 and self.hparams.log_images and not getattr(self, "_logged", True):
             self._log_predictions(batch, probs)
             self._logged = True
@@ -136,6 +140,10 @@ class DISLitModule(L.LightningModule):
         for name in names:
             values = store[name].compute()
             per_set[name] = values
+            if stage == "test":
+                self.final_test_results[name] = {k: float(v) for k, v in values.items()}
+                self.final_test_curves[name] = store[name].curves()
+                self.final_test_worst[name] = store[name].worst(10)
             for key, value in values.items():
                 self.log(f"{stage}/{name}/{key}", value.float(), add_dataloader_idx=False)
             store[name].reset()

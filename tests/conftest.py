@@ -51,11 +51,18 @@ def fixtures_meta() -> dict:
 def compose_config(config_name: str, tmp_path: Path, overrides: list[str] | None = None):
     """Compose a real config with test-friendly settings; outputs go to ``tmp_path``."""
     GlobalHydra.instance().clear()
+    overrides = list(overrides or [])
+    keep_logger = config_name != "train" or any(o.startswith("logger=") for o in overrides)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(
             config_name,
             return_hydra_config=True,
-            overrides=["logger=null", "trainer.accelerator=cpu", "data.num_workers=0", *(overrides or [])],
+            overrides=[
+                *([] if keep_logger else ["~logger"]),
+                "trainer.accelerator=cpu",
+                "data.num_workers=0",
+                *overrides,
+            ],
         )
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from birefnet.data import DISDataModule, DISDataset, DatasetValidationError
+from birefnet.data import DatasetValidationError, DISDataModule, DISDataset
 from birefnet.data.io import read_image, read_mask
 from birefnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from tests.conftest import SAMPLE
@@ -173,8 +173,17 @@ def test_background_synthesis_keeps_foreground():
 
 
 def test_datamodule_loaders_and_dynamic_size():
-    dm = DISDataModule(str(SAMPLE), "ECSSD-TR", ["ECSSD-TE"], ["ECSSD-TE"], size=(64, 64), batch_size=4,
-                       eval_batch_size=3, num_workers=0, dynamic_size=[32, 96])
+    dm = DISDataModule(
+        str(SAMPLE),
+        "ECSSD-TR",
+        ["ECSSD-TE"],
+        ["ECSSD-TE"],
+        size=(64, 64),
+        batch_size=4,
+        eval_batch_size=3,
+        num_workers=0,
+        dynamic_size=[32, 96],
+    )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     h, w = batch["image"].shape[-2:]

@@ -73,13 +73,18 @@ def test_gradient_loss_flows_into_targets_and_dis_loss_parts():
     pred = torch.randn(1, 1, 8, 8, requires_grad=True)
     gradient_loss([pred], [target]).backward()
     assert side.grad is not None and side.grad.abs().sum() > 0  # the reference does not detach the target
-    out = SegmentationOutput(logits=torch.randn(1, 1, 32, 32), side_logits=[torch.randn(1, 1, 8, 8)],
-                             gradient_preds=[torch.randn(1, 1, 8, 8)], gradient_targets=[torch.randn(1, 1, 32, 32)],
-                             class_logits=torch.randn(1, 3))
+    out = SegmentationOutput(
+        logits=torch.randn(1, 1, 32, 32),
+        side_logits=[torch.randn(1, 1, 8, 8)],
+        gradient_preds=[torch.randn(1, 1, 8, 8)],
+        gradient_targets=[torch.randn(1, 1, 32, 32)],
+        class_logits=torch.randn(1, 3),
+    )
     total, parts = DISLoss()(out, torch.rand(1, 1, 32, 32), torch.tensor([1]))
     assert set(parts) == {"pix/bce", "pix/iou", "pix/ssim", "gdt", "cls"}
-    assert torch.isclose(total, 2 * sum(v for k, v in parts.items() if k.startswith("pix/")) + parts["gdt"]
-                         + parts["cls"])
+    assert torch.isclose(
+        total, 2 * sum(v for k, v in parts.items() if k.startswith("pix/")) + parts["gdt"] + parts["cls"]
+    )
 
 
 def test_finetune_schedule_is_a_function_of_the_epoch():

@@ -39,25 +39,37 @@ class DISMetrics(Metric):
     full_state_update = False
     higher_is_better = None
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, keep_per_image: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
+        #: keep (name, MAE, Sm) per image on this process for worst-case listings (not synchronised)
+        self.keep_per_image = keep_per_image
+        self.per_image: list[tuple[str, float, float]] = []
         for name in SCALARS:
             self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("fm_curve", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("em_curve", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("precision", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("recall", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(
-        self, preds: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor | Sequence[torch.Tensor]
+        self,
+        preds: torch.Tensor | Sequence[torch.Tensor],
+        targets: torch.Tensor | Sequence[torch.Tensor],
+        names: Sequence[str] | None = None,
     ) -> None:
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predictions but {len(targets)} targets.")
-        for pred, target in zip(preds, targets, strict=True):
+        for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
             s = image_scores(to_numpy_map(pred), to_numpy_map(target))
+            if self.keep_per_image:
+                self.per_image.append((names[i] if names else str(len(self.per_image)), s.mae, s.sm))
             for name in SCALARS:
                 setattr(self, name, getattr(self, name) + float(getattr(s, name)))
             self.fm_curve += torch.from_numpy(s.fm_curve).to(self.fm_curve)
             self.em_curve += torch.from_numpy(s.em_curve).to(self.em_curve)
+            self.precision += torch.from_numpy(s.precision).to(self.precision)
+            self.recall += torch.from_numpy(s.recall).to(self.recall)
             self.count += 1
 
     def compute(self) -> dict[str, torch.Tensor]:
@@ -76,6 +88,20 @@ class DISMetrics(Metric):
         }
 
     def curves(self) -> dict[str, torch.Tensor]:
-        """Image-averaged F-measure and E-measure curves (256 thresholds, descending)."""
+        """Image-averaged F, E, precision and recall curves (256 thresholds, descending)."""
         n = self.count.clamp(min=1)
-        return {"fm": self.fm_curve / n, "em": self.em_curve / n}
+        return {
+            "fm": self.fm_curve / n,
+            "em": self.em_curve / n,
+            "precision": self.precision / n,
+            "recall": self.recall / n,
+        }
+
+    def worst(self, k: int = 10) -> list[dict]:
+        """The ``k`` images with the highest MAE seen by this process (needs ``keep_per_image=True``)."""
+        rows = sorted(self.per_image, key=lambda r: -r[1])[:k]
+        return [{"name": n, "MAE": m, "Sm": s} for n, m, s in rows]
+
+    def reset(self) -> None:
+        super().reset()
+        self.per_image = []

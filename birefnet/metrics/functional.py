@@ -115,8 +115,10 @@ def _adaptive_binary(pred: np.ndarray) -> np.ndarray:
     return pred >= min(2 * pred.mean(), 1)
 
 
-def f_measure(pred: np.ndarray, gt: np.ndarray, hist: tuple | None = None) -> tuple[float, np.ndarray]:
-    """``(adaptive F, 256-curve)`` with beta^2 = 0.3."""
+def f_measure(
+    pred: np.ndarray, gt: np.ndarray, hist: tuple | None = None
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """``(adaptive F, F curve, precision curve, recall curve)`` with beta^2 = 0.3 (curves: 256 thresholds)."""
     binary = _adaptive_binary(pred)
     inter = np.count_nonzero(binary[gt])
     if inter == 0:
@@ -131,7 +133,7 @@ def f_measure(pred: np.ndarray, gt: np.ndarray, hist: tuple | None = None) -> tu
     recall = tp / max(np.count_nonzero(gt), 1)
     num = (1 + BETA2) * precision * recall
     den = np.where(num == 0, 1, BETA2 * precision + recall)
-    return float(adp), num / den
+    return float(adp), num / den, precision, recall
 
 
 def _enhanced_sum(fg_fg, fg_bg, gt_fg: int, n: int):
@@ -206,12 +208,16 @@ class ImageScores:
     fm_curve: np.ndarray
     adp_em: float
     em_curve: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
 
 
 def image_scores(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
     """Every metric for one image, sharing the preparation and the threshold histograms."""
     p, g = prepare(pred, gt)
     hist = _histograms(p, g)
-    adp_fm, fm_curve = f_measure(p, g, hist)
+    adp_fm, fm_curve, precision, recall = f_measure(p, g, hist)
     adp_em, em_curve = e_measure(p, g, hist)
-    return ImageScores(mae(p, g), s_measure(p, g), weighted_f_measure(p, g), adp_fm, fm_curve, adp_em, em_curve)
+    return ImageScores(
+        mae(p, g), s_measure(p, g), weighted_f_measure(p, g), adp_fm, fm_curve, adp_em, em_curve, precision, recall
+    )

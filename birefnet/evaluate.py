@@ -1,0 +1,254 @@
+"""``evaluate(cfg)``: metrics of a checkpoint or of prediction folders on DIS-layout test sets.
+
+Two modes (configs/eval.yaml):
+
+* ``checkpoint=FILE``: any checkpoint :func:`birefnet.models.load_model` reads (this project's ``.ckpt`` /
+  ``.safetensors``, official BiRefNet ``.pth`` / HF ``model.safetensors``) runs through the same Lightning
+  trainer config as training (``trainer=ddp trainer.devices=N`` evaluates on N GPUs, metrics synced);
+  predictions are resized back to each image's original size before the metrics, as the reference does.
+* ``predictions={name: DIR}``: existing maps ``DIR/<set>/<stem>.png`` for every ground truth, the way the
+  field evaluates other people's results. A missing prediction is an error that lists them; a prediction
+  whose size differs from its mask is resized to the mask (bilinear) with a warning, as the reference does.
+
+Outputs in the run directory: ``results.json`` (``{set: {method: {metric: value}}}``), ``.csv``, ``.md``,
+``.tex``, ``published.md`` (measured rows next to published DIS5K numbers), per-set PR and F-threshold
+curve plots, and ``worst_cases.json`` (the images with the highest MAE per set and method).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import cv2
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from birefnet.data.dataset import find_pairs
+from birefnet.data.io import read_mask
+from birefnet.lit_module import DISLitModule
+from birefnet.metrics import DISMetrics
+from birefnet.models import load_model
+from birefnet.utils import METRIC_ORDER, save_config, write_results
+
+log = logging.getLogger("birefnet")
+
+__all__ = ["PUBLISHED", "evaluate", "evaluate_checkpoint", "evaluate_prediction_folders"]
+
+#: Published DIS5K numbers (not measured here). BiRefNet DIS-VD maxFm/MAE/Sm and IS-Net DIS-VD Sm are
+#: corroborated by third-party tables; the other entries are marked unverified in the reference notes.
+PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
+    "DIS-VD": {
+        "BiRefNet (paper)": {"maxFm": 0.891, "wFm": 0.854, "MAE": 0.038, "Sm": 0.898, "meanEm": 0.931, "HCE": 989},
+        "IS-Net (paper)": {"maxFm": 0.791, "wFm": 0.717, "MAE": 0.074, "Sm": 0.813, "meanEm": 0.856, "HCE": 1116},
+    },
+    "DIS-TE1": {
+        "BiRefNet (paper)": {"maxFm": 0.860, "wFm": 0.819, "MAE": 0.037, "Sm": 0.885, "meanEm": 0.911, "HCE": 106}
+    },
+    "DIS-TE2": {
+        "BiRefNet (paper)": {"maxFm": 0.894, "wFm": 0.857, "MAE": 0.036, "Sm": 0.900, "meanEm": 0.930, "HCE": 266}
+    },
+    "DIS-TE3": {
+        "BiRefNet (paper)": {"maxFm": 0.911, "wFm": 0.872, "MAE": 0.031, "Sm": 0.918, "meanEm": 0.940, "HCE": 569}
+    },
+    "DIS-TE4": {
+        "BiRefNet (paper)": {"maxFm": 0.904, "wFm": 0.858, "MAE": 0.037, "Sm": 0.912, "meanEm": 0.929, "HCE": 2723}
+    },
+}
+
+
+def _print_table(results: Mapping, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    keys = [k for k in METRIC_ORDER if any(k in m for s in results.values() for m in s.values())]
+    table = Table(title=title)
+    for col in ("Dataset", "Method", *keys):
+        table.add_column(col, justify="left" if col in ("Dataset", "Method") else "right")
+    for s, methods in results.items():
+        for method, vals in methods.items():
+            table.add_row(
+                s,
+                method,
+                *(("-" if k not in vals else f"{vals[k]:.0f}" if k == "HCE" else f"{vals[k]:.3f}") for k in keys),
+            )
+    Console(width=max(120, 14 * (len(keys) + 2))).print(table)
+
+
+def _plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]], output_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for set_name, methods in curves.items():
+        fig, (ax_pr, ax_f) = plt.subplots(1, 2, figsize=(10, 4.2))
+        thresholds = torch.arange(255, -1, -1)
+        for method, c in methods.items():
+            ax_pr.plot(c["recall"].numpy(), c["precision"].numpy(), label=method)
+            ax_f.plot(thresholds.numpy(), c["fm"].numpy(), label=method)
+        ax_pr.set(
+            xlabel="recall", ylabel="precision", title=f"{set_name}: precision-recall", xlim=(0, 1), ylim=(0, 1.02)
+        )
+        ax_f.set(
+            xlabel="threshold (of 255)",
+            ylabel="F-measure (beta^2 = 0.3)",
+            title=f"{set_name}: F vs threshold",
+            xlim=(0, 255),
+            ylim=(0, 1.02),
+        )
+        for ax in (ax_pr, ax_f):
+            ax.grid(alpha=0.3)
+            ax.legend(loc="lower left")
+        fig.tight_layout()
+        path = output_dir / f"curves_{set_name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def evaluate_prediction_folders(
+    predictions: Mapping[str, str], data_root: str, sets: list[str], worst_cases: int = 10
+) -> tuple[dict, dict, dict]:
+    """Metrics of prediction folders ``{method: DIR}`` with ``DIR/<set>/<stem>.png`` against the masks."""
+    from rich.progress import track
+
+    results, curves, worst = {}, {}, {}
+    for set_name in sets:
+        samples, _problems = find_pairs(data_root, set_name, check_files=False)
+        for method, folder in predictions.items():
+            pred_dir = Path(folder) / set_name
+            if not pred_dir.is_dir():
+                raise FileNotFoundError(
+                    f"Prediction folder {pred_dir} does not exist (method {method!r}); "
+                    f"expected {folder}/<set>/<stem>.png for set {set_name}."
+                )
+            missing = [s.name for s in samples if not (pred_dir / f"{s.name}.png").is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"{len(missing)} of {len(samples)} predictions missing in {pred_dir} for method {method!r} "
+                    f"(e.g. {', '.join(m + '.png' for m in missing[:5])}). Predict every image of {set_name} first."
+                )
+            metric = DISMetrics(keep_per_image=True)
+            resized = 0
+            for s in track(samples, description=f"{set_name} / {method}", transient=True):
+                gt = read_mask(s.mask)
+                pred = read_mask(pred_dir / f"{s.name}.png")
+                if pred.shape != gt.shape:
+                    pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+                    resized += 1
+                metric.update([torch.from_numpy(pred)], [torch.from_numpy(gt)], names=[s.name])
+            if resized:
+                log.warning(
+                    "%s / %s: %d prediction(s) differ in size from their mask; resized to the mask "
+                    "(bilinear), as the reference evaluation does.",
+                    set_name,
+                    method,
+                    resized,
+                )
+            results.setdefault(set_name, {})[method] = {k: float(v) for k, v in metric.compute().items()}
+            curves.setdefault(set_name, {})[method] = metric.curves()
+            worst.setdefault(set_name, {})[method] = metric.worst(worst_cases)
+    return results, curves, worst
+
+
+class _EvalModule(DISLitModule):
+    """Test-only wrapper: fixed preprocessing is done by the data pipeline; optionally writes PNGs."""
+
+    def __init__(self, net: torch.nn.Module, prediction_dir: str | None = None) -> None:
+        super().__init__(net, log_images=0)
+        self.prediction_dir = prediction_dir
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        for m in self.test_metrics.values():
+            m.keep_per_image = True
+
+    def test_step(self, batch: Mapping, batch_idx: int, dataloader_idx: int = 0) -> None:
+        probs = self._eval_step(batch, dataloader_idx, "test")
+        if self.prediction_dir:
+            set_name = self._set_names("test")[dataloader_idx]
+            out = Path(self.prediction_dir) / set_name
+            out.mkdir(parents=True, exist_ok=True)
+            for p, m, name in zip(probs, batch["mask_full"], batch["name"], strict=True):
+                full = torch.nn.functional.interpolate(p[None], size=m.shape[-2:], mode="bilinear", align_corners=True)
+                cv2.imwrite(str(out / f"{name}.png"), (full[0, 0].clamp(0, 1) * 255).byte().cpu().numpy())
+
+
+def evaluate_checkpoint(cfg: DictConfig, method: str) -> tuple[dict, dict, dict]:
+    """Run a checkpoint over ``cfg.data.test_sets`` with the Lightning trainer from ``cfg.trainer``."""
+    net = load_model(cfg.checkpoint)
+    datamodule: L.LightningDataModule = instantiate(cfg.data, **({"size": list(cfg.size)} if cfg.get("size") else {}))
+    pred_dir = str(Path(cfg.paths.output_dir) / "predictions" / method) if cfg.get("save_predictions") else None
+    module = _EvalModule(net, pred_dir)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    trainer.test(module, datamodule=datamodule)
+    results, curves, worst = {}, {}, {}
+    for set_name, _metric in module.test_metrics.items():
+        results[set_name] = {method: {k: float(v) for k, v in module.final_test_results[set_name].items()}}
+        curves[set_name] = {method: module.final_test_curves[set_name]}
+        worst[set_name] = {method: module.final_test_worst[set_name]}
+    if pred_dir and trainer.is_global_zero:
+        log.info("Predictions written to %s", pred_dir)
+    return results, curves, worst
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate ``cfg.checkpoint`` and/or ``cfg.predictions``; write tables, plots and worst cases."""
+    if not cfg.get("checkpoint") and not cfg.get("predictions"):
+        raise ValueError(
+            "Nothing to evaluate: pass checkpoint=FILE or predictions={name: DIR} "
+            "(e.g. 'predictions={mine: /path/to/preds}')."
+        )
+    output_dir = Path(cfg.paths.output_dir)
+    save_config(cfg, output_dir)
+    results: dict = {}
+    curves: dict = {}
+    worst: dict = {}
+
+    def merge(parts: tuple[dict, dict, dict]) -> None:
+        for store, part in zip((results, curves, worst), parts, strict=True):
+            for set_name, methods in part.items():
+                store.setdefault(set_name, {}).update(methods)
+
+    if cfg.get("checkpoint"):
+        method = cfg.get("method") or Path(cfg.checkpoint).stem
+        merge(evaluate_checkpoint(cfg, method))
+    if cfg.get("predictions"):
+        merge(
+            evaluate_prediction_folders(
+                dict(cfg.predictions), cfg.data.root, list(cfg.data.test_sets), cfg.get("worst_cases", 10)
+            )
+        )
+    if (
+        not torch.distributed.is_available()
+        or not torch.distributed.is_initialized()
+        or torch.distributed.get_rank() == 0
+    ):
+        json_path = write_results(results, output_dir)
+        _print_table(results, "measured here")
+        if cfg.get("compare_published"):
+            merged = {
+                s: {**{f"{m} (measured)": v for m, v in ms.items()}, **PUBLISHED.get(s, {})}
+                for s, ms in results.items()
+            }
+            write_results(merged, output_dir, stem="published")
+            if any(s in PUBLISHED for s in results):
+                _print_table(
+                    {s: merged[s] for s in results if s in PUBLISHED}, "measured vs published (not measured here)"
+                )
+        (output_dir / "worst_cases.json").write_text(json.dumps(worst, indent=1))
+        plots = _plot_curves(curves, output_dir)
+        log.info(
+            "Results in %s (json/csv/md/tex), published comparison in published.md, plots: %s, worst cases: "
+            "worst_cases.json",
+            json_path,
+            ", ".join(p.name for p in plots),
+        )
+    return results
