@@ -184,7 +184,14 @@ class _EvalModule(DISLitModule):
 def evaluate_checkpoint(cfg: DictConfig, method: str) -> tuple[dict, dict, dict]:
     """Run a checkpoint over ``cfg.data.test_sets`` with the Lightning trainer from ``cfg.trainer``."""
     net = load_model(cfg.checkpoint)
-    datamodule: L.LightningDataModule = instantiate(cfg.data, **({"size": list(cfg.size)} if cfg.get("size") else {}))
+    preprocessing = cfg.get("preprocessing") or "auto"
+    if preprocessing == "auto":  # each family with the preprocessing its weights were trained with
+        preprocessing = {"U2Net": "u2net", "ISNet": "isnet"}.get(type(net).__name__, "imagenet")
+    size = cfg.get("size") or {"u2net": [320, 320], "isnet": [1024, 1024]}.get(preprocessing) or cfg.data.size
+    log.info(
+        "Evaluating %s (%s) at %s with %s preprocessing.", cfg.checkpoint, type(net).__name__, list(size), preprocessing
+    )
+    datamodule: L.LightningDataModule = instantiate(cfg.data, size=list(size), normalization=preprocessing)
     pred_dir = str(Path(cfg.paths.output_dir) / "predictions" / method) if cfg.get("save_predictions") else None
     module = _EvalModule(net, pred_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])

@@ -37,6 +37,7 @@ class DISLitModule(L.LightningModule):
         compile: ``torch.compile`` the network in place (keeps state-dict keys clean).
         monitor: the validation metric used for "best" checkpoints (logged as ``val/<monitor>``).
         log_images: number of validation predictions logged as images per epoch (0: off).
+        input_key: batch entry fed to the network: ``"image"``, or ``"mask"`` to train IS-Net's GT encoder.
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class DISLitModule(L.LightningModule):
         compile: bool = False,
         monitor: str = "Sm",
         log_images: int = 4,
+        input_key: str = "image",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
@@ -90,7 +92,7 @@ class DISLitModule(L.LightningModule):
 
     def training_step(self, batch: Mapping, batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
-        out = self.net(images)
+        out = self.net(batch[self.hparams.input_key])
         loss, parts = self.loss_fn(out, masks, batch.get("class_label"), self.loss_weights)
         if not torch.isfinite(loss):
             bad = [k for k, v in parts.items() if not torch.isfinite(v)]
@@ -113,7 +115,7 @@ class DISLitModule(L.LightningModule):
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def _eval_step(self, batch: Mapping, dataloader_idx: int, stage: str) -> torch.Tensor:
-        out = self.net(batch["image"])
+        out = self.net(batch[self.hparams.input_key])
         probs = torch.sigmoid(out.logits.float())
         store = self.val_metrics if stage == "val" else self.test_metrics
         name = self._set_names(stage)[dataloader_idx]

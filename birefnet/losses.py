@@ -22,6 +22,7 @@ from birefnet.models.outputs import SegmentationOutput
 __all__ = [
     "LOSS_PRESETS",
     "DISLoss",
+    "MultiBCELoss",
     "PixelLoss",
     "bce_loss",
     "contour_loss",
@@ -257,4 +258,56 @@ class DISLoss(nn.Module):
         if output.class_logits is not None and class_labels is not None and self.class_weight:
             c = self.class_weight * F.cross_entropy(output.class_logits.float(), class_labels)
             total, parts["cls"] = total + c, c
+        return total, parts
+
+
+class MultiBCELoss(nn.Module):
+    """U2-Net / IS-Net loss: sum of mean BCEs over the final and every side map (all at input size).
+
+    With ``gt_encoder_checkpoint`` (IS-Net's intermediate supervision) a frozen, pre-trained
+    :class:`~birefnet.models.ISNetGTEncoder` encodes the mask, and ``feature_weight`` times the sum of MSEs between
+    its features and the network's decoder features (``output.features``) is added.
+    """
+
+    def __init__(self, feature_weight: float = 1.0, gt_encoder_checkpoint: str | None = None) -> None:
+        super().__init__()
+        self.feature_weight = feature_weight
+        self.gt_encoder = None
+        if gt_encoder_checkpoint:
+            from birefnet.models import ISNetGTEncoder
+            from birefnet.models.checkpoint import load_state_dict_strict, read_checkpoint
+
+            encoder = ISNetGTEncoder()
+            sd, _ = read_checkpoint(gt_encoder_checkpoint)
+            load_state_dict_strict(encoder, sd, gt_encoder_checkpoint, looks_like="ISNetGTEncoder")
+            self.gt_encoder = encoder.eval().requires_grad_(False)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {"bce": 1.0}
+
+    def train(self, mode: bool = True) -> MultiBCELoss:
+        super().train(mode)
+        if self.gt_encoder is not None:
+            self.gt_encoder.eval()  # frozen: BatchNorm statistics must not move
+        return self
+
+    def forward(
+        self,
+        output: SegmentationOutput,
+        target: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        weights: Mapping[str, float] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        target = target.float().clamp(0, 1)
+        maps = output.all_logits
+        terms = [bce_loss(resize(m.float(), target.shape[2:]), target) for m in maps]
+        total = sum(terms[1:], terms[0])
+        parts = {"bce_final": terms[-1], "bce_sides": total - terms[-1]}
+        if self.gt_encoder is not None and self.feature_weight and output.features:
+            with torch.no_grad():
+                reference = self.gt_encoder(target).features
+            feat = sum(F.mse_loss(f.float(), r.float()) for f, r in zip(output.features, reference, strict=True))
+            total = total + self.feature_weight * feat
+            parts["feature_mse"] = feat
         return total, parts

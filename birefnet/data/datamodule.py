@@ -63,6 +63,8 @@ class DISDataModule(L.LightningDataModule):
         augmentations: names from flip, crop, rotate, enhance, pepper (reference: flip, enhance, rotate, pepper).
         background_synthesis: reference background-colour synthesis (keeps only the flip).
         dynamic_size: ``[min, max]`` per-batch random size for training (BiRefNet_dynamic), or ``None``.
+        normalization: ``imagenet`` (BiRefNet), ``u2net`` (per-image max, then ImageNet) or ``isnet`` (mean 0.5, std 1).
+        crop_size: random training crop after the resize (U2-Net: 288 from 320), or ``None``.
         skip_invalid: skip broken files with a warning instead of stopping.
         fast_decode: decode large JPEGs at reduced size when still >= the training size.
         num_workers / pin_memory: loader settings.
@@ -80,6 +82,8 @@ class DISDataModule(L.LightningDataModule):
         augmentations: Sequence[str] = REFERENCE_AUGMENTATIONS,
         background_synthesis: bool = False,
         dynamic_size: Sequence[int] | None = None,
+        normalization: str = "imagenet",
+        crop_size: Sequence[int] | None = None,
         skip_invalid: bool = False,
         fast_decode: bool = True,
         num_workers: int = 4,
@@ -97,6 +101,8 @@ class DISDataModule(L.LightningDataModule):
         self.augmentations = list(augmentations)
         self.background_synthesis = background_synthesis
         self.dynamic_size = list(dynamic_size) if dynamic_size else None
+        self.normalization = normalization
+        self.crop_size = list(crop_size) if crop_size else None
         self.skip_invalid, self.fast_decode = skip_invalid, fast_decode
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_set: DISDataset | None = None
@@ -105,7 +111,10 @@ class DISDataModule(L.LightningDataModule):
 
     def _eval_sets(self, names: list[str]) -> list[DISDataset]:
         return [
-            DISDataset(self.root, n, eval_transform(self.size), self.skip_invalid, keep_full_mask=True) for n in names
+            DISDataset(
+                self.root, n, eval_transform(self.size, self.normalization), self.skip_invalid, keep_full_mask=True
+            )
+            for n in names
         ]
 
     def setup(self, stage: str | None = None) -> None:
@@ -113,7 +122,9 @@ class DISDataModule(L.LightningDataModule):
             self.train_set = DISDataset(
                 self.root,
                 self.train_sets,
-                train_transform(self.size, self.augmentations, self.background_synthesis),
+                train_transform(
+                    self.size, self.augmentations, self.background_synthesis, self.normalization, self.crop_size
+                ),
                 self.skip_invalid,
                 decode_min_side=min(self.size) if self.fast_decode else None,
             )

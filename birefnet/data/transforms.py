@@ -166,43 +166,68 @@ class BackgroundColorSynthesis(A.DualTransform):
         return ()
 
 
-class _ToTensors(A.DualTransform):
-    """ImageNet-normalised CHW float image; mask to ``1 x H x W`` float in [0, 1]."""
+NORMALIZATIONS = ("imagenet", "u2net", "isnet")
 
-    def __init__(self) -> None:
+
+class ToTensors(A.DualTransform):
+    """CHW float image normalised for the network; mask to ``1 x H x W`` float in [0, 1].
+
+    ``normalization``: ``"imagenet"`` (BiRefNet: /255, ImageNet mean/std), ``"u2net"`` (U2-Net: divided by the
+    image's own maximum, then ImageNet mean/std) or ``"isnet"`` (IS-Net: /255, mean 0.5, std 1.0).
+    """
+
+    def __init__(self, normalization: str = "imagenet") -> None:
         super().__init__(p=1.0)
-        self._mean = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
-        self._inv_std = 1.0 / (np.array(IMAGENET_STD, dtype=np.float32) * 255.0)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {normalization!r}.")
+        self.normalization = normalization
+        if normalization == "isnet":
+            mean, std = np.full(3, 0.5, np.float32), np.ones(3, np.float32)
+        else:
+            mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+        self._mean, self._inv_std = mean, 1.0 / std
 
     def apply(self, img: np.ndarray, **params) -> torch.Tensor:
-        img = (img.astype(np.float32) - self._mean) * self._inv_std
+        scale = max(float(img.max()), 1e-6) if self.normalization == "u2net" else 255.0
+        img = (img.astype(np.float32) / scale - self._mean) * self._inv_std
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
     def apply_to_mask(self, mask: np.ndarray, **params) -> torch.Tensor:
         return torch.from_numpy(mask.astype(np.float32) / 255.0)[None]
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ()
+        return ("normalization",)
+
+
+AUGMENTATIONS = ("flip", "vflip", "crop", "rotate", "enhance", "pepper")
 
 
 def train_transform(
     size: Sequence[int] = (1024, 1024),
     augmentations: Sequence[str] = REFERENCE_AUGMENTATIONS,
     background_synthesis: bool = False,
+    normalization: str = "imagenet",
+    crop_size: Sequence[int] | None = None,
 ) -> A.Compose:
     """The reference training pipeline at ``size`` = (height, width).
 
-    ``augmentations`` picks from ``flip``, ``crop``, ``rotate``, ``enhance``, ``pepper`` (reference default:
-    flip, enhance, rotate, pepper). With ``background_synthesis`` only the flip is kept, as in the reference.
+    ``augmentations`` picks from ``flip`` (horizontal), ``vflip`` (vertical, U2-Net's), ``crop`` (BiRefNet's
+    random crop, resized back), ``rotate``, ``enhance``, ``pepper`` (BiRefNet default: flip, enhance, rotate,
+    pepper). With ``background_synthesis`` only the flip is kept, as in the reference. ``crop_size`` adds a
+    random crop to that size after the resize (U2-Net: resize 320, crop 288).
     """
     h, w = size
-    unknown = set(augmentations) - {"flip", "crop", "rotate", "enhance", "pepper"}
+    unknown = set(augmentations) - set(AUGMENTATIONS)
     if unknown:
-        raise ValueError(f"Unknown augmentations {sorted(unknown)}; choose from flip, crop, rotate, enhance, pepper.")
+        raise ValueError(f"Unknown augmentations {sorted(unknown)}; choose from {', '.join(AUGMENTATIONS)}.")
     augs = set(augmentations) & ({"flip"} if background_synthesis else set(augmentations))
     steps: list = [A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR)]
     if "flip" in augs:
         steps.append(A.HorizontalFlip(p=0.5))
+    if "vflip" in augs:
+        steps.append(A.VerticalFlip(p=0.5))
+    if crop_size is not None:
+        steps.append(A.RandomCrop(int(crop_size[0]), int(crop_size[1])))
     if "crop" in augs:
         steps.append(RandomCenterCrop(0.1, p=1.0))
     if "rotate" in augs:
@@ -223,14 +248,14 @@ def train_transform(
         steps.append(PepperNoise(0.0015, p=1.0))
     if background_synthesis:
         steps.append(BackgroundColorSynthesis(p=1.0))
-    steps.append(_ToTensors())
+    steps.append(ToTensors(normalization))
     return A.Compose(steps)
 
 
-def eval_transform(size: Sequence[int] | None = (1024, 1024)) -> A.Compose:
-    """Resize to ``size`` = (height, width) (``None``: keep the size, floored to multiples of 32) and normalise."""
+def eval_transform(size: Sequence[int] | None = (1024, 1024), normalization: str = "imagenet") -> A.Compose:
+    """Resize to ``size`` = (height, width) (``None``: keep the size) and normalise."""
     steps: list = []
     if size is not None:
         steps.append(A.Resize(size[0], size[1], interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR))
-    steps.append(_ToTensors())
+    steps.append(ToTensors(normalization))
     return A.Compose(steps)

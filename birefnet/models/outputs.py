@@ -21,6 +21,7 @@ class SegmentationOutput:
         gradient_targets: the matching targets at input resolution (Laplacian of the image times the
             stage's side logits; gradients flow through them, as in the reference).
         class_logits: auxiliary classification logits ``(B, num_classes)`` when that head exists.
+        features: intermediate decoder features (IS-Net's feature synchronisation), finest first.
     """
 
     logits: torch.Tensor
@@ -28,6 +29,7 @@ class SegmentationOutput:
     gradient_preds: list[torch.Tensor] = field(default_factory=list)
     gradient_targets: list[torch.Tensor] = field(default_factory=list)
     class_logits: torch.Tensor | None = None
+    features: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def all_logits(self) -> list[torch.Tensor]:
