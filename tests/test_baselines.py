@@ -81,7 +81,7 @@ def test_training_steps_overfit_a_fixed_real_batch(name):
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     losses = []
     for _ in range(8):
-        loss, parts = loss_fn(net.train()(images), masks)
+        loss, _ = loss_fn(net.train()(images), masks)
         opt.zero_grad()
         loss.backward()
         opt.step()
