@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 
 import lightning as L
+import numpy as np
+import torch
 
-__all__ = ["FinetuneLossSchedule", "finetune_loss_weights"]
+__all__ = ["FinetuneLossSchedule", "RNGStateCheckpoint", "ema_callback", "finetune_loss_weights"]
 
 
 def finetune_loss_weights(
@@ -62,3 +65,53 @@ class FinetuneLossSchedule(L.Callback):
         pl_module.loss_weights = weights
         for name, value in weights.items():
             pl_module.log(f"loss_weight/{name}", float(value), on_step=False, on_epoch=True)
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Saves Python, NumPy, torch (and CUDA) RNG states in checkpoints and restores them on resume.
+
+    Lightning restores model, optimizer, scheduler and loop state but not the global RNGs, which drive data
+    shuffling and (through :class:`~birefnet.data.DISDataset`'s per-sample seeding) augmentations. With this
+    callback a run resumed from an epoch-end checkpoint continues exactly as the uninterrupted run.
+    """
+
+    def state_dict(self) -> dict:
+        state = {
+            "python": random.getstate(),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        random.setstate(_as_python_state(state_dict["python"]))
+        name, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    # tensors and plain numbers only, so checkpoints stay loadable with torch.load(weights_only=True)
+    name, keys, pos, has_gauss, gauss = state
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+
+
+def _as_python_state(state) -> tuple:
+    # random.getstate() is (version, tuple_of_ints, gauss_next); a checkpoint round trip may turn tuples into lists
+    return (state[0], tuple(state[1]), state[2])
+
+
+def ema_callback(decay: float | None = None, update_starting_at_epoch: int | None = None) -> L.Callback | None:
+    """An EMA-of-weights callback (Lightning's ``EMAWeightAveraging``) when ``decay`` is set, else ``None`` (off).
+
+    Validation, test and the saved checkpoints use the averaged weights.
+    """
+    if not decay:
+        return None
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    return EMAWeightAveraging(decay=decay, update_starting_at_epoch=update_starting_at_epoch)

@@ -14,7 +14,7 @@ from torch import nn
 from birefnet.losses import DISLoss
 from birefnet.metrics import DISMetrics
 from birefnet.models.blocks import resize
-from birefnet.models.checkpoint import CONFIG_METADATA_KEY
+from birefnet.models.checkpoint import CONFIG_METADATA_KEY, load_state_dict_strict, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class DISLitModule(L.LightningModule):
         monitor: the validation metric used for "best" checkpoints (logged as ``val/<monitor>``).
         log_images: number of validation predictions logged as images per epoch (0: off).
         input_key: batch entry fed to the network: ``"image"``, or ``"mask"`` to train IS-Net's GT encoder.
+        init_from: a checkpoint (official BiRefNet / U2-Net ``.pth``, HF safetensors, or this project's) whose
+            weights initialise the network before training: fine-tuning. Loaded strictly.
     """
 
     def __init__(
@@ -51,10 +53,15 @@ class DISLitModule(L.LightningModule):
         monitor: str = "Sm",
         log_images: int = 4,
         input_key: str = "image",
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
         self.net = net
+        if init_from:
+            sd, _ = read_checkpoint(init_from)
+            load_state_dict_strict(net, sd, init_from, looks_like=type(net).__name__)
+            log.info("Initialised %s from %s.", type(net).__name__, init_from)
         self.loss_fn = loss if loss is not None else DISLoss()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss_weights: dict[str, float] | None = None  # set by the fine-tune schedule callback

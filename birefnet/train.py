@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -32,7 +33,12 @@ def _describe_model(net: torch.nn.Module) -> str:
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Fit (and optionally test) the model described by ``cfg``; returns ``(metrics, objects)``."""
     if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+        # one stream per process: DDP ranks (re-launched by Lightning with LOCAL_RANK / NODE_RANK set) get
+        # seed + rank; DDP broadcasts rank 0's initial weights, so only data order and augmentation differ
+        rank = int(
+            os.environ.get("RANK", int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0)))
+        )
+        L.seed_everything(cfg.seed + rank, workers=True)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     output_dir = Path(cfg.paths.output_dir)

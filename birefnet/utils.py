@@ -38,7 +38,8 @@ def instantiate_dict(cfg: DictConfig | None) -> list:
     """Instantiate every entry with a ``_target_`` in a named dict (callbacks, loggers); ``null`` entries skip."""
     if not cfg:
         return []
-    return [instantiate(c) for c in cfg.values() if isinstance(c, Mapping) and "_target_" in c]
+    built = [instantiate(c) for c in cfg.values() if isinstance(c, Mapping) and "_target_" in c]
+    return [b for b in built if b is not None]  # factories return None for a switched-off entry
 
 
 @rank_zero_only

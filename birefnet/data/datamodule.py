@@ -127,6 +127,7 @@ class DISDataModule(L.LightningDataModule):
                 ),
                 self.skip_invalid,
                 decode_min_side=min(self.size) if self.fast_decode else None,
+                reseed=True,
             )
         if stage in ("fit", "validate", None) and not self.val_datasets:
             self.val_datasets = self._eval_sets(self.val_sets)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from birefnet.data.io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, check_file, image_size, read_image, read_mask
+from birefnet.data.transforms import seed_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class DISDataset(Dataset):
         check_files: validate file integrity and sizes when opening (header reads only; fast).
         keep_full_mask: also return the uint8 mask at the original size (``"mask_full"``) for metrics.
         decode_min_side: allow reduced JPEG decoding down to this short side (training at a fixed size).
+        reseed: seed the transform for every sample from torch's RNG (training): augmentations then follow
+            ``seed_everything`` in the main process and in workers, and a resumed run repeats them exactly.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class DISDataset(Dataset):
         check_files: bool = True,
         keep_full_mask: bool = False,
         decode_min_side: int | None = None,
+        reseed: bool = False,
     ) -> None:
         self.root = Path(root)
         self.sets = parse_sets(sets)
@@ -117,6 +121,7 @@ class DISDataset(Dataset):
         self.transform = transform
         self.keep_full_mask = keep_full_mask
         self.decode_min_side = decode_min_side
+        self.reseed = reseed
         self.samples: list[Sample] = []
         problems: list[str] = []
         for s in self.sets:
@@ -151,6 +156,8 @@ class DISDataset(Dataset):
         if self.keep_full_mask:
             item["mask_full"] = torch.from_numpy(mask)
         if self.transform is not None:
+            if self.reseed:
+                seed_pipeline(self.transform, int(torch.randint(0, 2**31 - 1, ()).item()))
             out = self.transform(image=image, mask=mask)
             item["image"], item["mask"] = out["image"], out["mask"]
         else:

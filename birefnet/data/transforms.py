@@ -11,6 +11,7 @@ Masks stay float in [0, 1] (soft edges kept); metrics binarise ``gt > 128/255`` 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import albumentations as A
@@ -164,6 +165,20 @@ class BackgroundColorSynthesis(A.DualTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ()
+
+
+def seed_pipeline(pipeline: A.Compose, seed: int) -> None:
+    """Seed every transform of ``pipeline`` with its own stream derived from ``seed``.
+
+    albumentations' ``Compose.set_random_seed`` gives every transform the same seed, so their draws are
+    identical (a flip with p 0.5 would always happen when a rotation with p 0.2 does); here each transform
+    gets ``seed + k * 7919`` instead.
+    """
+    pipeline.seed = seed
+    pipeline.random_generator = np.random.default_rng(seed)
+    pipeline.py_random = random.Random(seed)
+    for k, transform in enumerate(pipeline.transforms, start=1):
+        transform.set_random_seed(seed + k * 7919)
 
 
 NORMALIZATIONS = ("imagenet", "u2net", "isnet")

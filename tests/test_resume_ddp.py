@@ -1,0 +1,110 @@
+"""Fault tolerance and multi-process training: SIGKILL + resume is exact; 2-process DDP (gloo) on CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+RUN = [
+    "data.size=[64,64]",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=4",
+    "trainer.deterministic=true",
+    "seed=3",
+    "test=false",
+    "~logger",
+    "data.augmentations=[flip,rotate,enhance,pepper]",
+    # the fine-tune loss schedule is active in epochs 3-4, across the kill / resume boundary
+    "callbacks.loss_schedule.finetune_last_epochs=-2",
+]
+
+
+def _train(run_dir: Path, *extra: str, wait: bool = True) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *RUN, f"hydra.run.dir={run_dir}", *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    if wait:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+    return proc
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_reaches_the_same_weights(tmp_path):
+    _train(tmp_path / "full")
+    reference = _weights(tmp_path / "full" / "checkpoints" / "last.ckpt")
+
+    killed = tmp_path / "killed"
+    proc = _train(killed, wait=False)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for the end of epoch 2, then kill inside epoch 3
+        if last.exists() and torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= 1:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    epoch_at_kill = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert proc.returncode == -signal.SIGKILL and epoch_at_kill < 3
+
+    _train(tmp_path / "resumed", f"ckpt_path={last}")
+    resumed = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    assert torch.load(resumed, map_location="cpu", weights_only=True)["epoch"] == 3
+    final = _weights(resumed)
+    assert final.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(final[key], reference[key]), key
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_writes_one_run_directory(tmp_path):
+    runs = tmp_path / "logs"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+            "trainer.sync_batchnorm=false",
+            "trainer.max_epochs=2",
+            "data.size=[64,64]",
+            "data.num_workers=0",
+            "~logger",
+            f"paths.log_dir={runs}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dirs = [p for p in (runs / "train" / "runs").iterdir() if p.is_dir()]
+    assert len(run_dirs) == 1, run_dirs
+    ckpts = sorted(p.name for p in (run_dirs[0] / "checkpoints").iterdir())
+    assert ckpts.count("last.ckpt") == 1 and len(ckpts) == 2, ckpts  # last + best, written once
+    assert (run_dirs[0] / "results.json").is_file()
+    assert "distributed_backend=gloo" in proc.stdout + proc.stderr
