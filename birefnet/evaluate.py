@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from birefnet.data.dataset import find_pairs
 from birefnet.data.io import read_mask
 from birefnet.lit_module import DISLitModule
 from birefnet.metrics import DISMetrics
+from birefnet.metrics.functional import image_scores
 from birefnet.models import load_model
 from birefnet.utils import METRIC_ORDER, save_config, write_results
 
@@ -113,48 +115,72 @@ def _plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]],
     return paths
 
 
-def evaluate_prediction_folders(
-    predictions: Mapping[str, str], data_root: str, sets: list[str], worst_cases: int = 10
-) -> tuple[dict, dict, dict]:
-    """Metrics of prediction folders ``{method: DIR}`` with ``DIR/<set>/<stem>.png`` against the masks."""
-    from rich.progress import track
+def _score_pair(job: tuple[str, str, str]):
+    """Worker: read one prediction and its mask, resize the prediction if needed, score it."""
+    name, pred_path, gt_path = job
+    gt = read_mask(gt_path)
+    pred = read_mask(pred_path)
+    resized = pred.shape != gt.shape
+    if resized:
+        pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return name, image_scores(pred, gt), resized
 
+
+def evaluate_prediction_folders(
+    predictions: Mapping[str, str], data_root: str, sets: list[str], worst_cases: int = 10, workers: int | None = None
+) -> tuple[dict, dict, dict]:
+    """Metrics of prediction folders ``{method: DIR}`` with ``DIR/<set>/<stem>.png`` against the masks.
+
+    Images are scored in ``workers`` processes (default: all cores) with a progress bar.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from rich.progress import Progress
+
+    workers = workers or os.cpu_count() or 1
     results, curves, worst = {}, {}, {}
-    for set_name in sets:
-        samples, _problems = find_pairs(data_root, set_name, check_files=False)
-        for method, folder in predictions.items():
-            pred_dir = Path(folder) / set_name
-            if not pred_dir.is_dir():
-                raise FileNotFoundError(
-                    f"Prediction folder {pred_dir} does not exist (method {method!r}); "
-                    f"expected {folder}/<set>/<stem>.png for set {set_name}."
-                )
-            missing = [s.name for s in samples if not (pred_dir / f"{s.name}.png").is_file()]
-            if missing:
-                raise FileNotFoundError(
-                    f"{len(missing)} of {len(samples)} predictions missing in {pred_dir} for method {method!r} "
-                    f"(e.g. {', '.join(m + '.png' for m in missing[:5])}). Predict every image of {set_name} first."
-                )
-            metric = DISMetrics(keep_per_image=True)
-            resized = 0
-            for s in track(samples, description=f"{set_name} / {method}", transient=True):
-                gt = read_mask(s.mask)
-                pred = read_mask(pred_dir / f"{s.name}.png")
-                if pred.shape != gt.shape:
-                    pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-                    resized += 1
-                metric.update([torch.from_numpy(pred)], [torch.from_numpy(gt)], names=[s.name])
-            if resized:
-                log.warning(
-                    "%s / %s: %d prediction(s) differ in size from their mask; resized to the mask "
-                    "(bilinear), as the reference evaluation does.",
-                    set_name,
-                    method,
-                    resized,
-                )
-            results.setdefault(set_name, {})[method] = {k: float(v) for k, v in metric.compute().items()}
-            curves.setdefault(set_name, {})[method] = metric.curves()
-            worst.setdefault(set_name, {})[method] = metric.worst(worst_cases)
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        for set_name in sets:
+            samples, _ = find_pairs(data_root, set_name, check_files=False)
+            for method, folder in predictions.items():
+                pred_dir = Path(folder) / set_name
+                if not pred_dir.is_dir():
+                    raise FileNotFoundError(
+                        f"Prediction folder {pred_dir} does not exist (method {method!r}); "
+                        f"expected {folder}/<set>/<stem>.png for set {set_name}."
+                    )
+                missing = [s.name for s in samples if not (pred_dir / f"{s.name}.png").is_file()]
+                if missing:
+                    raise FileNotFoundError(
+                        f"{len(missing)} of {len(samples)} predictions missing in {pred_dir} for method {method!r} "
+                        f"(e.g. {', '.join(m + '.png' for m in missing[:5])}). Predict every image of {set_name} "
+                        "first."
+                    )
+                metric = DISMetrics(keep_per_image=True)
+                jobs = [(s.name, str(pred_dir / f"{s.name}.png"), str(s.mask)) for s in samples]
+                scored = pool.map(_score_pair, jobs, chunksize=4) if pool else map(_score_pair, jobs)
+                resized = 0
+                with Progress(transient=True) as progress:
+                    task = progress.add_task(f"{set_name} / {method}", total=len(jobs))
+                    for name, scores, was_resized in scored:
+                        metric.add_scores(scores, name)
+                        resized += was_resized
+                        progress.advance(task)
+                if resized:
+                    log.warning(
+                        "%s / %s: %d prediction(s) differ in size from their mask; resized to the mask "
+                        "(bilinear), as the reference evaluation does.",
+                        set_name,
+                        method,
+                        resized,
+                    )
+                results.setdefault(set_name, {})[method] = {k: float(v) for k, v in metric.compute().items()}
+                curves.setdefault(set_name, {})[method] = metric.curves()
+                worst.setdefault(set_name, {})[method] = metric.worst(worst_cases)
+    finally:
+        if pool:
+            pool.shutdown()
     return results, curves, worst
 
 
@@ -230,7 +256,11 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.get("predictions"):
         merge(
             evaluate_prediction_folders(
-                dict(cfg.predictions), cfg.data.root, list(cfg.data.test_sets), cfg.get("worst_cases", 10)
+                dict(cfg.predictions),
+                cfg.data.root,
+                list(cfg.data.test_sets),
+                cfg.get("worst_cases", 10),
+                cfg.get("workers"),
             )
         )
     if (

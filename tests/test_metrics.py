@@ -29,6 +29,7 @@ def test_per_image_values_equal_pysodmetrics(row):
     s = image_scores(*_pair(row["name"]))
     for key in ("mae", "sm", "wfm", "adp_fm", "adp_em"):
         assert abs(getattr(s, key) - row[key]) <= 1e-6, key
+    assert s.hce == row["hce"]  # exactly
     assert np.abs(s.fm_curve - np.array(row["fm_curve"])).max() <= 1e-6
     assert np.abs(s.em_curve - np.array(row["em_curve"])).max() <= 1e-6
 
@@ -72,3 +73,63 @@ def test_metric_merges_like_a_ddp_reduction():
     wa, wb = whole.compute(), a.compute()
     for key in wa:
         assert torch.isclose(wa[key], wb[key], atol=1e-12), key
+
+
+def _square(size: int = 100, lo: int = 30, hi: int = 70) -> np.ndarray:
+    m = np.zeros((size, size), np.uint8)
+    m[lo:hi, lo:hi] = 255
+    return m
+
+
+def test_boundary_metrics_and_iou_dice_on_known_cases():
+    gt = _square()
+    perfect = image_scores(gt, gt)
+    assert perfect.mba == 1.0 and perfect.biou_curve.max() == 1.0 and perfect.iou == 1.0 and perfect.dice == 1.0
+    assert perfect.hce == 0
+    inverse = image_scores(255 - gt, gt)
+    assert inverse.mba == 0.0 and inverse.iou == 0.0
+    shifted = image_scores(np.roll(gt, 3, axis=1), gt)
+    assert 0 < shifted.biou_curve.max() < 1 and 0.5 < shifted.mba < 1
+    assert shifted.iou == pytest.approx(37 * 40 / (43 * 40)) and shifted.dice == pytest.approx(2 * 37 / 80)
+    empty = image_scores(np.zeros_like(gt), np.zeros_like(gt))
+    assert np.isnan(empty.mba)  # no boundary: undefined, skipped in dataset means
+
+
+def test_dis_metrics_keys_hce_and_conventions():
+    metric = DISMetrics()
+    for row in ORACLE["images"]:
+        pred, gt = _pair(row["name"])
+        metric.update([torch.from_numpy(pred)], [torch.from_numpy(gt)])
+    metric.update([torch.zeros(50, 50)], [torch.zeros(50, 50, dtype=torch.bool)])  # empty gt: mBA skipped
+    result = metric.compute()
+    assert set(result) == {
+        "maxFm",
+        "meanFm",
+        "adpFm",
+        "wFm",
+        "MAE",
+        "Sm",
+        "meanEm",
+        "maxEm",
+        "adpEm",
+        "HCE",
+        "mBA",
+        "maxBIoU",
+        "meanBIoU",
+        "IoU",
+        "Dice",
+    }
+    n = len(ORACLE["images"])
+    assert result["HCE"].item() == pytest.approx(ORACLE["dataset"]["HCE"] * n / (n + 1))
+    assert torch.isfinite(result["mBA"]) and metric.mba_count.item() == n
+    assert metric.mean_of_max_fm() >= result["maxFm"]
+
+
+def test_skeleton_cache_gives_identical_hce():
+    from birefnet.metrics.functional import SkeletonCache
+
+    cache = SkeletonCache()
+    for row in ORACLE["images"][:4]:
+        pred, gt = _pair(row["name"])
+        assert image_scores(pred, gt, skeleton_cache=cache).hce == row["hce"]
+        assert image_scores(pred, gt, skeleton_cache=cache).hce == row["hce"]  # from the cache

@@ -108,3 +108,48 @@ def test_two_process_ddp_on_cpu_writes_one_run_directory(tmp_path):
     assert ckpts.count("last.ckpt") == 1 and len(ckpts) == 2, ckpts  # last + best, written once
     assert (run_dirs[0] / "results.json").is_file()
     assert "distributed_backend=gloo" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_equals_single_process_without_double_counting(tmp_path):
+    import json
+    import shutil
+
+    from birefnet.models import BiRefNet, save_model
+
+    root = tmp_path / "data" / "ODD"
+    for sub in ("im", "gt"):
+        (root / sub).mkdir(parents=True)
+    names = sorted(p.stem for p in (ROOT / "data" / "sample" / "ECSSD-TE" / "im").glob("*.jpg"))[:15]
+    for n in names:  # 15 images: two processes need a padded sampler
+        shutil.copy(ROOT / "data" / "sample" / "ECSSD-TE" / "im" / f"{n}.jpg", root / "im")
+        shutil.copy(ROOT / "data" / "sample" / "ECSSD-TE" / "gt" / f"{n}.png", root / "gt")
+    torch.manual_seed(0)
+    save_model(BiRefNet("pvt_v2_b0", decoder_attention="").eval(), tmp_path / "m.safetensors")
+    common = [
+        "evaluate.py",
+        f"checkpoint={tmp_path / 'm.safetensors'}",
+        f"data.root={tmp_path / 'data'}",
+        "data.test_sets=[ODD]",
+        "data.size=[64,64]",
+        "data.eval_batch_size=2",
+        "data.num_workers=0",
+        "trainer.accelerator=cpu",
+    ]
+    results = {}
+    for name, extra in (
+        ("single", []),
+        ("ddp", ["trainer=ddp", "trainer.devices=2", "trainer.sync_batchnorm=false", "trainer.precision=32-true"]),
+    ):
+        out = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, *common, *extra, f"hydra.run.dir={out}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        results[name] = json.loads((out / "results.json").read_text())["ODD"]["m"]
+    for key, value in results["single"].items():
+        assert results["ddp"][key] == pytest.approx(value, abs=1e-6), key

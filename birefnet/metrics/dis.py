@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from birefnet.metrics.functional import image_scores
+from birefnet.metrics.functional import ImageScores, SkeletonCache, image_scores
 
 __all__ = ["DISMetrics", "to_numpy_map"]
 
-SCALARS = ("mae", "sm", "wfm", "adp_fm", "adp_em")
+SCALARS = ("mae", "sm", "wfm", "adp_fm", "adp_em", "iou", "dice", "hce")
 
 
 def to_numpy_map(x: torch.Tensor) -> np.ndarray:
@@ -33,14 +33,22 @@ class DISMetrics(Metric):
     ``update(preds, targets)`` takes batches ``(B, 1, H, W)`` / ``(B, H, W)`` or lists of maps of different
     sizes, at the original image size: predictions as probabilities in [0, 1] or uint8 maps, masks as bool,
     uint8 (> 128 is foreground) or float. ``compute()`` returns ``maxFm meanFm adpFm wFm MAE Sm meanEm maxEm
-    adpEm``; max/mean F and E are taken on the image-averaged 256-threshold curves (PySODMetrics).
+    adpEm HCE mBA maxBIoU meanBIoU IoU Dice``; max/mean F, E and BIoU are taken on the image-averaged
+    256-threshold curves (PySODMetrics). "maxFm" is the maximum of the mean F curve (PySODMetrics, the DIS and
+    BiRefNet papers); the other convention in the literature, the mean of per-image maxima, is
+    :meth:`mean_of_max_fm`. HCE uses PySODMetrics' binarisation (normalised prediction > 0.5); mBA and
+    BIoU follow BiRefNet's evaluation (mBA skips images whose mask has no boundary instead of returning NaN).
     """
 
     full_state_update = False
     higher_is_better = None
 
-    def __init__(self, keep_per_image: bool = False, **kwargs) -> None:
+    def __init__(
+        self, keep_per_image: bool = False, with_hce: bool = True, with_boundary: bool = True, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
+        self.with_hce, self.with_boundary = with_hce, with_boundary
+        self.skeleton_cache = SkeletonCache()  # validation repeats the same masks every epoch
         #: keep (name, MAE, Sm) per image on this process for worst-case listings (not synchronised)
         self.keep_per_image = keep_per_image
         self.per_image: list[tuple[str, float, float]] = []
@@ -50,6 +58,11 @@ class DISMetrics(Metric):
         self.add_state("em_curve", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("precision", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("recall", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("biou_curve", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("mba", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        # mBA is undefined (NaN in the reference) for masks without boundary: those images are not counted
+        self.add_state("mba_count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("max_fm_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(
@@ -61,21 +74,32 @@ class DISMetrics(Metric):
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predictions but {len(targets)} targets.")
         for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
-            s = image_scores(to_numpy_map(pred), to_numpy_map(target))
-            if self.keep_per_image:
-                self.per_image.append((names[i] if names else str(len(self.per_image)), s.mae, s.sm))
-            for name in SCALARS:
-                setattr(self, name, getattr(self, name) + float(getattr(s, name)))
-            self.fm_curve += torch.from_numpy(s.fm_curve).to(self.fm_curve)
-            self.em_curve += torch.from_numpy(s.em_curve).to(self.em_curve)
-            self.precision += torch.from_numpy(s.precision).to(self.precision)
-            self.recall += torch.from_numpy(s.recall).to(self.recall)
-            self.count += 1
+            scores = image_scores(
+                to_numpy_map(pred), to_numpy_map(target), self.with_hce, self.with_boundary, self.skeleton_cache
+            )
+            self.add_scores(scores, names[i] if names else None)
+
+    def add_scores(self, s: ImageScores, name: str | None = None) -> None:
+        """Accumulate one image's scores (computed elsewhere, e.g. in a worker process)."""
+        if self.keep_per_image:
+            self.per_image.append((name or str(len(self.per_image)), s.mae, s.sm))
+        for key in SCALARS:
+            setattr(self, key, getattr(self, key) + float(getattr(s, key)))
+        for key in ("fm_curve", "em_curve", "precision", "recall"):
+            state = getattr(self, key)
+            state += torch.from_numpy(getattr(s, key)).to(state)
+        if self.with_boundary:
+            self.biou_curve += torch.from_numpy(s.biou_curve).to(self.biou_curve)
+            if s.mba == s.mba:  # not NaN
+                self.mba += s.mba
+                self.mba_count += 1
+        self.max_fm_sum += float(s.fm_curve.max())
+        self.count += 1
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.count.clamp(min=1)
         fm, em = self.fm_curve / n, self.em_curve / n
-        return {
+        out = {
             "maxFm": fm.max(),
             "meanFm": fm.mean(),
             "adpFm": self.adp_fm / n,
@@ -85,7 +109,15 @@ class DISMetrics(Metric):
             "meanEm": em.mean(),
             "maxEm": em.max(),
             "adpEm": self.adp_em / n,
+            "IoU": self.iou / n,
+            "Dice": self.dice / n,
         }
+        if self.with_hce:
+            out["HCE"] = self.hce / n
+        if self.with_boundary:
+            biou = self.biou_curve / n
+            out.update(mBA=self.mba / self.mba_count.clamp(min=1), maxBIoU=biou.max(), meanBIoU=biou.mean())
+        return out
 
     def curves(self) -> dict[str, torch.Tensor]:
         """Image-averaged F, E, precision and recall curves (256 thresholds, descending)."""
@@ -96,6 +128,10 @@ class DISMetrics(Metric):
             "precision": self.precision / n,
             "recall": self.recall / n,
         }
+
+    def mean_of_max_fm(self) -> torch.Tensor:
+        """The other max-F convention: the mean over images of each image's best F (never below ``maxFm``)."""
+        return self.max_fm_sum / self.count.clamp(min=1)
 
     def worst(self, k: int = 10) -> list[dict]:
         """The ``k`` images with the highest MAE seen by this process (needs ``keep_per_image=True``)."""
