@@ -350,7 +350,7 @@ def _inner_boundary(mask: np.ndarray, dilation: int) -> np.ndarray:
 def boundary_iou_curve(q_norm: np.ndarray, g: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarray:
     """BiRefNet's BIoU: boundary IoU over 256 thresholds of the grey boundary of the normalised prediction."""
     h, w = g.shape
-    d = max(1, int(round(dilation_ratio * np.sqrt(h * h + w * w))))
+    d = max(1, round(float(dilation_ratio * np.sqrt(h * h + w * w))))
     pb = _inner_boundary(q_norm, d)
     gb = _inner_boundary(g.astype(np.uint8) * 255, d) > 128
     fg = np.bincount(pb[gb], minlength=256)[::-1].cumsum()
