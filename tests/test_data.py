@@ -209,3 +209,26 @@ def test_large_jpeg_decodes_reduced_but_aligned(tmp_path):
     red = item["image"][0] > item["image"][2]
     assert (red == (item["mask"][0] > 0.5)).float().mean() > 0.97
     shutil.rmtree(root)
+
+
+@pytest.mark.parametrize(
+    "factors", [(0.5, 1.5, 0.0, 3.0), (1.5, 0.5, 2.0, 0.0), (1.0, 1.0, 1.0, 1.0), (0.8, 1.2, 0.3, 2.2)]
+)
+def test_color_enhance_matches_pil_image_enhance(factors):
+    from PIL import ImageEnhance
+
+    from birefnet.data.transforms import ColorEnhance
+
+    img = read_image(SAMPLE / "ECSSD-TR" / "im" / "0002.jpg")
+    b, c, col, sharp = factors
+    ref = Image.fromarray(img)
+    for enhancer, f in (
+        (ImageEnhance.Brightness, b),
+        (ImageEnhance.Contrast, c),
+        (ImageEnhance.Color, col),
+        (ImageEnhance.Sharpness, sharp),
+    ):
+        ref = enhancer(ref).enhance(f)
+    ours = ColorEnhance().apply(img, brightness=b, contrast=c, color=col, sharpness=sharp)
+    diff = np.abs(ours.astype(int) - np.asarray(ref).astype(int))
+    assert diff.mean() < 0.1 and (diff == 0).mean() > 0.97 and diff.max() <= 3, (diff.mean(), diff.max())
