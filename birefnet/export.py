@@ -1,0 +1,175 @@
+"""ONNX export: ``birefnet export-onnx --checkpoint FILE --output model.onnx``.
+
+The graph takes a normalised image batch ``image`` (dynamic batch, and dynamic height/width in multiples of
+32) and returns ``logits`` (apply a sigmoid for the mask). The modulated deformable convolution of the
+default decoder attention is exported as ONNX ``DeformConv`` (opset 19); onnxruntime runs it on CPU. The
+export is checked against PyTorch on CPU before the file is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from birefnet.models import load_model
+
+log = logging.getLogger("birefnet")
+
+__all__ = ["export_onnx", "main"]
+
+_REGISTERED = False
+
+
+def _register_deform_conv() -> None:
+    """Map ``torchvision::deform_conv2d`` to ONNX DeformConv (opset 19) for the TorchScript exporter."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from torch.onnx import symbolic_helper as sh
+
+    @sh.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
+    def deform_conv2d(
+        g,
+        x,
+        weight,
+        offset,
+        mask,
+        bias,
+        stride_h,
+        stride_w,
+        pad_h,
+        pad_w,
+        dil_h,
+        dil_w,
+        groups,
+        offset_groups,
+        use_mask,
+    ):
+        kh, kw = sh._get_tensor_sizes(weight)[-2:]
+        inputs = [x, weight, offset, bias] + ([mask] if use_mask else [])
+        return g.op(
+            "DeformConv",
+            *inputs,
+            dilations_i=[dil_h, dil_w],
+            group_i=groups,
+            kernel_shape_i=[kh, kw],
+            offset_group_i=offset_groups,
+            pads_i=[pad_h, pad_w, pad_h, pad_w],
+            strides_i=[stride_h, stride_w],
+        )
+
+    torch.onnx.register_custom_op_symbolic("torchvision::deform_conv2d", deform_conv2d, 19)
+    _REGISTERED = True
+
+
+class _LogitsOnly(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image).logits
+
+
+def export_onnx(
+    model: nn.Module,
+    output: str | Path,
+    size: tuple[int, int] = (1024, 1024),
+    opset: int = 19,
+    dynamic_size: bool = True,
+    check: bool = True,
+    atol: float = 1e-3,
+) -> float | None:
+    """Export ``model`` (eval mode, CPU) and return onnxruntime's max abs difference to PyTorch on a random batch.
+
+    Raises:
+        RuntimeError: the export or onnxruntime fails, with what to do about it.
+    """
+    _register_deform_conv()
+    model = model.float().cpu().eval()
+    deformable = any(type(m).__name__ == "DeformableConv2d" for m in model.modules())
+    if deformable and opset < 19:
+        raise RuntimeError(f"The deformable convolution needs ONNX opset >= 19 (DeformConv); got opset {opset}.")
+    x = torch.randn(1, 3, *size)
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
+    try:
+        # the wrapper must be in eval mode too: the exporter restores the wrapper's mode on every submodule
+        torch.onnx.export(
+            _LogitsOnly(model).eval(),
+            (x,),
+            str(output),
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": axes, "logits": axes},
+            dynamo=False,
+        )
+    except Exception as err:
+        hint = (
+            " The deformable decoder attention is the usual blocker; for deployment, train or fine-tune the "
+            "non-deformable variant (model.net.decoder_attention=ASPP) and export that."
+            if deformable
+            else ""
+        )
+        raise RuntimeError(f"ONNX export failed: {type(err).__name__}: {str(err).splitlines()[0]}.{hint}") from err
+    if not check:
+        return None
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+        batch = torch.randn(2, 3, *size)
+        got = session.run(None, {"image": batch.numpy()})[0]
+    except Exception as err:
+        hint = (
+            " onnxruntime could not run DeformConv here: use an onnxruntime with DeformConv support (1.20+), or "
+            "deploy the non-deformable variant (model.net.decoder_attention=ASPP)."
+            if deformable
+            else ""
+        )
+        raise RuntimeError(f"onnxruntime failed on {output}: {str(err).splitlines()[0]}.{hint}") from err
+    with torch.no_grad():
+        ref = model(batch).logits.numpy()
+    diff = float(np.abs(got - ref).max())
+    if diff > atol:
+        raise RuntimeError(f"onnxruntime differs from PyTorch by {diff:.2e} (> {atol}) on {output}.")
+    return diff
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--size", default="1024", help="example input size: 1024 or 1024x768 (HxW)")
+    parser.add_argument("--opset", type=int, default=19)
+    parser.add_argument("--static-size", action="store_true", help="fix height/width (batch stays dynamic)")
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    parts = [int(v) for v in args.size.lower().replace("x", ",").split(",")]
+    size = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    model = load_model(args.checkpoint)
+    try:
+        diff = export_onnx(model, args.output, size, args.opset, not args.static_size, not args.no_check)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    checked = f"; onnxruntime vs PyTorch max abs diff {diff:.2e}" if diff is not None else ""
+    print(f"wrote {args.output} (opset {args.opset}, dynamic batch{'' if args.static_size else ' and size'}){checked}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="birefnet export-onnx", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""birefnet predict (masks, cutouts, composites at full resolution) and ONNX export."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from birefnet.data import DISDataset
+from birefnet.data.transforms import eval_transform
+from birefnet.export import export_onnx
+from birefnet.losses import DISLoss
+from birefnet.models import BiRefNet, save_model
+from birefnet.predict import Predictor, collect_inputs
+from tests.conftest import ROOT, SAMPLE
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny BiRefNet trained for a few steps on sample images (64 px)."""
+    torch.manual_seed(0)
+    model = BiRefNet("pvt_v2_b0", decoder_attention="")
+    ds = DISDataset(SAMPLE, "ECSSD-TR", eval_transform((64, 64)))
+    images = torch.stack([ds[i]["image"] for i in range(8)])
+    masks = torch.stack([ds[i]["mask"] for i in range(8)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = DISLoss()
+    for _ in range(5):
+        loss, _ = loss_fn(model.train()(images), masks)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_model(model.eval(), path)
+    return path
+
+
+def _inputs(tmp_path, names=("0005", "0010", "0015")):
+    folder = tmp_path / "in"
+    folder.mkdir(exist_ok=True)
+    for n in names:
+        shutil.copy(SAMPLE / "ECSSD-TE" / "im" / f"{n}.jpg", folder)
+    return folder
+
+
+def test_masks_and_cutouts_at_original_size(tiny_checkpoint, tmp_path):
+    folder = _inputs(tmp_path)
+    predictor = Predictor(tiny_checkpoint, size=(64, 64))
+    summary = predictor.run(
+        collect_inputs([str(folder)]),
+        tmp_path / "out",
+        ["mask", "cutout", "composite"],
+        background="0,255,0",
+        progress=False,
+    )
+    assert summary.written == 3 and not summary.skipped
+    for src in sorted(folder.iterdir()):
+        original = np.asarray(Image.open(src))
+        mask = np.asarray(Image.open(tmp_path / "out" / f"{src.stem}.png"))
+        cutout = np.asarray(Image.open(tmp_path / "out" / f"{src.stem}_cutout.png"))
+        composite = np.asarray(Image.open(tmp_path / "out" / f"{src.stem}_composite.png"))
+        assert mask.shape == original.shape[:2] and mask.dtype == np.uint8
+        assert cutout.shape == (*original.shape[:2], 4) and composite.shape == original.shape
+        assert np.array_equal(cutout[..., 3], mask)  # alpha is the mask
+        assert mask.std() > 0  # a real, non-constant prediction
+
+
+def test_cutout_rgb_equals_input_where_alpha_is_255(tmp_path):
+    torch.manual_seed(0)
+    model = BiRefNet("pvt_v2_b0", decoder_attention="").eval()
+    with torch.no_grad():
+        model.decoder.conv_out1[0].bias.fill_(60.0)  # sigmoid saturates to exactly 1 on most pixels
+    folder = _inputs(tmp_path, ["0005"])
+    Predictor(None, size=(64, 64), model=model).run(
+        collect_inputs([str(folder)]), tmp_path / "out", ["cutout"], progress=False
+    )
+    original = np.asarray(Image.open(folder / "0005.jpg").convert("RGB"))
+    cutout = np.asarray(Image.open(tmp_path / "out" / "0005_cutout.png"))
+    full = cutout[..., 3] == 255
+    assert full.mean() > 0.5
+    assert np.array_equal(cutout[..., :3][full], original[full])
+
+
+def test_grayscale_input(tiny_checkpoint, tmp_path):
+    Image.open(SAMPLE / "ECSSD-TE" / "im" / "0005.jpg").convert("L").save(tmp_path / "gray.png")
+    Predictor(tiny_checkpoint, size=(64, 64)).run(
+        [(tmp_path / "gray.png", tmp_path / "gray.png")], tmp_path / "out", ["mask", "cutout"], progress=False
+    )
+    gray = np.asarray(Image.open(tmp_path / "gray.png"))
+    assert np.asarray(Image.open(tmp_path / "out" / "gray.png")).shape == gray.shape
+    assert np.asarray(Image.open(tmp_path / "out" / "gray_cutout.png")).shape == (*gray.shape, 4)
+
+
+def test_rgba_input(tiny_checkpoint, tmp_path):
+    rgb = Image.open(SAMPLE / "ECSSD-TE" / "im" / "0010.jpg").convert("RGB")
+    rgba = rgb.copy()
+    rgba.putalpha(128)
+    rgba.save(tmp_path / "rgba.png")
+    Predictor(tiny_checkpoint, size=(64, 64)).run(
+        [(tmp_path / "rgba.png", tmp_path / "rgba.png")], tmp_path / "out", ["mask"], progress=False
+    )
+    assert np.asarray(Image.open(tmp_path / "out" / "rgba.png")).shape == (rgb.height, rgb.width)
+
+
+def test_exif_rotated_input_gets_the_displayed_size(tiny_checkpoint, tmp_path):
+    img = Image.open(SAMPLE / "ECSSD-TE" / "im" / "0015.jpg").convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees
+    img.save(tmp_path / "rot.jpg", exif=exif)
+    Predictor(tiny_checkpoint, size=(64, 64)).run(
+        [(tmp_path / "rot.jpg", tmp_path / "rot.jpg")], tmp_path / "out", ["mask"], progress=False
+    )
+    assert np.asarray(Image.open(tmp_path / "out" / "rot.png")).shape == (img.width, img.height)
+
+
+def test_corrupt_input_is_skipped_and_reported(tiny_checkpoint, tmp_path):
+    folder = _inputs(tmp_path, ["0005"])
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    summary = Predictor(tiny_checkpoint, size=(64, 64)).run(
+        collect_inputs([str(folder)]), tmp_path / "out", ["mask"], progress=False
+    )
+    assert summary.written == 1 and [p.name for p, _ in summary.skipped] == ["broken.jpg"]
+    assert "1 unreadable, skipped" in summary.line()
+
+
+def test_existing_outputs_are_kept_without_overwrite(tiny_checkpoint, tmp_path):
+    folder = _inputs(tmp_path, ["0005"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0005.png").write_bytes(b"keep me")
+    predictor = Predictor(tiny_checkpoint, size=(64, 64))
+    summary = predictor.run(collect_inputs([str(folder)]), out, ["mask"], progress=False)
+    assert summary.written == 0 and len(summary.existing) == 1 and (out / "0005.png").read_bytes() == b"keep me"
+    predictor.run(collect_inputs([str(folder)]), out, ["mask"], overwrite=True, progress=False)
+    assert (out / "0005.png").read_bytes() != b"keep me"
+
+
+def test_cli_predict_recursive_glob_and_original_size(tiny_checkpoint, tmp_path):
+    folder = _inputs(tmp_path)
+    (folder / "sub").mkdir()
+    shutil.copy(SAMPLE / "ECSSD-TE" / "im" / "0020.jpg", folder / "sub")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "birefnet.predict",
+            str(folder),
+            "--recursive",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--output",
+            str(tmp_path / "out"),
+            "--size",
+            "original",
+            "--refine-foreground",
+            "--outputs",
+            "mask,cutout",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "sub" / "0020.png").is_file()
+    assert "4 image(s) in" in proc.stderr and "images/s" in proc.stderr
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    torch.manual_seed(0)
+    model = BiRefNet("pvt_v2_b0").eval()  # with the deformable ASPP (ONNX DeformConv, opset 19)
+    for m in model.modules():
+        if type(m).__name__ == "DeformableConv2d":  # make the deformation non-trivial
+            torch.nn.init.normal_(m.offset_conv.weight, std=0.05)
+    diff = export_onnx(model, tmp_path / "m.onnx", size=(64, 64))
+    assert diff is not None and diff <= 1e-3
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 3, 96, 64)  # another size: height and width are dynamic
+    with torch.no_grad():
+        assert np.abs(session.run(None, {"image": x.numpy()})[0] - model(x).logits.numpy()).max() <= 1e-3
+
+
+def test_cli_export_onnx(tiny_checkpoint, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "birefnet.cli",
+            "export-onnx",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--output",
+            str(tmp_path / "t.onnx"),
+            "--size",
+            "64",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "onnxruntime vs PyTorch max abs diff" in proc.stdout
