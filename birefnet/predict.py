@@ -227,7 +227,7 @@ class Predictor:
                         bar.advance(task)
                 if not images:
                     continue
-                for (src, rel, targets), image, alpha in zip(chunk, images, self.masks(images), strict=True):
+                for (_src, _rel, targets), image, alpha in zip(chunk, images, self.masks(images), strict=True):
                     self._write(image, alpha, targets, bg_color, bg_image, refine)
                     summary.written += 1
                     bar.advance(task)
