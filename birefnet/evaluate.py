@@ -82,14 +82,13 @@ def _print_table(results: Mapping, title: str) -> None:
 
 
 def _plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]], output_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a bare Figure (no pyplot): no global backend switch, so notebooks keep their inline plots
+    from matplotlib.figure import Figure
 
     paths = []
     for set_name, methods in curves.items():
-        fig, (ax_pr, ax_f) = plt.subplots(1, 2, figsize=(10, 4.2))
+        fig = Figure(figsize=(10, 4.2))
+        ax_pr, ax_f = fig.subplots(1, 2)
         thresholds = torch.arange(255, -1, -1)
         for method, c in methods.items():
             ax_pr.plot(c["recall"].numpy(), c["precision"].numpy(), label=method)
@@ -110,7 +109,6 @@ def _plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]],
         fig.tight_layout()
         path = output_dir / f"curves_{set_name}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         paths.append(path)
     return paths
 
