@@ -6,6 +6,7 @@
 * ``metrics``: the DIS metric suite per 1024x1024 image against PySODMetrics (run in another interpreter
   given by ``--reference-python``, since it pins an older numpy), both timed in one run with the ratio.
 * ``data``: training-pipeline samples/s per CPU core at 1024x1024 from 2048x1536 JPEG sources.
+* ``memory``: activation bytes the training forward keeps for backward, counted on the ``meta`` device.
 
 Every command prints a table and writes JSON (``--json``) with the machine named.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["bench_data", "bench_metrics", "bench_model", "machine"]
+__all__ = ["bench_activation_memory", "bench_data", "bench_metrics", "bench_model", "machine"]
 
 
 def machine() -> str:
@@ -182,6 +183,39 @@ def bench_model(
                 "TFLOP/s": flops / ms / 1e9,
                 "peak GB": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan"),
                 "params M": params,
+            }
+        )
+    return rows
+
+
+def bench_activation_memory(backbone: str = "swin_v1_l", size: int = 1024, **net_kwargs) -> list[dict]:
+    """Bytes the training forward (model + DIS loss) keeps for backward, per image, fp32, on the ``meta`` device.
+
+    Runs without a GPU and without real memory: every tensor saved by autograd is counted once (by identity).
+    Compares the reference head (full-resolution 240-channel concat) with the fused head.
+    """
+    from birefnet.losses import DISLoss
+    from birefnet.models import BiRefNet
+
+    rows = []
+    for fused in (False, True):
+        with torch.device("meta"):
+            net = BiRefNet(backbone, fused_head=fused, **net_kwargs).train()
+            x, y = torch.randn(2, 3, size, size), torch.rand(2, 1, size, size)
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor, saved=saved) -> torch.Tensor:
+            saved[id(t)] = t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            DISLoss()(net(x), y)
+        rows.append(
+            {
+                "model": f"BiRefNet {backbone}",
+                "head": "fused" if fused else "reference (240-ch concat)",
+                "size": size,
+                "saved for backward, GiB / image (fp32)": sum(saved.values()) / 2**30 / 2,
             }
         )
     return rows
@@ -373,9 +407,12 @@ def main(argv: list[str] | None = None) -> None:
     mt.add_argument("--size", type=int, default=1024)
     mt.add_argument("--reference-python", default=None, help="interpreter with pysodmetrics installed")
     mt.add_argument("--workers", type=int, default=None)
+    mem = sub.add_parser("memory", help="activation memory kept for backward (meta device, no GPU needed)")
+    mem.add_argument("--backbone", default="swin_v1_l")
+    mem.add_argument("--size", type=int, default=1024)
     d = sub.add_parser("data", help="training data pipeline throughput")
     d.add_argument("--samples", type=int, default=60)
-    for p in (m, mt, d):
+    for p in (m, mt, mem, d):
         p.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args(argv)
     command = args.command or "model"
@@ -396,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
             getattr(args, "channels_last", False),
             getattr(args, "grad_checkpointing", False),
         )
+    elif command == "memory":
+        rows = bench_activation_memory(args.backbone, args.size)
     elif command == "metrics":
         rows = bench_metrics(args.images, args.size, args.reference_python, args.workers)
     else:

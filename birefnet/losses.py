@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from birefnet.models.blocks import resize
+from birefnet.models.blocks import autocast_off, resize
 from birefnet.models.outputs import SegmentationOutput
 
 __all__ = [
@@ -49,7 +49,7 @@ def _fp32(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(logits: torch.Tensor, target: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        with autocast_off(logits.device):
             return fn(logits.float(), target.float(), *args, **kwargs)
 
     return wrapper

@@ -12,8 +12,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_the_three_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["01_data.ipynb", "02_train_and_evaluate.ipynb",
-                                           "03_compare_baselines.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_data.ipynb", "02_train_and_evaluate.ipynb", "03_compare_baselines.ipynb"]
 
 
 @pytest.mark.slow
@@ -21,5 +20,7 @@ def test_the_three_notebooks_exist():
 def test_notebook_executes(path):
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    images = [o for c in nb.cells for o in c.get("outputs", []) if any(k.startswith("image/") for k in o.get("data", {}))]
+    images = [
+        o for c in nb.cells for o in c.get("outputs", []) if any(k.startswith("image/") for k in o.get("data", {}))
+    ]
     assert images, "the notebook should show at least one figure"

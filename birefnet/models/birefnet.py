@@ -105,6 +105,7 @@ class BiRefNetDecoder(nn.Module):
         decoder_channels: str = "fixed",
         layout: str = "current",
         norm_layer: NormLayer = nn.BatchNorm2d,
+        fused_head: bool = True,
     ) -> None:
         super().__init__()
         if decoder_block not in DECODER_BLOCKS:
@@ -114,6 +115,7 @@ class BiRefNetDecoder(nn.Module):
         c = list(channels)
         self.image_patches, self.split_patches, self.patch_order = image_patches, split_patches, patch_order
         self.ms_supervision, self.out_ref, self.layout = ms_supervision, out_ref, layout
+        self.fused_head = fused_head
         # Stages whose decoder block receives image patches; the full-resolution head always does.
         self.patch_stages = (5, 4, 3, 2) if layout == "current" else (4, 3, 2)
         self.gradient_stages = (4, 3, 2) if layout == "current" else (3, 2)
@@ -202,9 +204,31 @@ class BiRefNetDecoder(nn.Module):
         p2 = self._stage_heads(self.decoder_block2(self._with_patches(p2, image, 3)), 2, out, image_laplacian)
         p1 = resize(p2, x1.shape[2:]) + self.lateral_block2(x1)
         p1 = self.decoder_block1(self._with_patches(p1, image, 2))
-        p1 = self._with_patches(resize(p1, image.shape[2:]), image, 1)
-        out.logits = self.conv_out1(p1)
+        if self.fused_head:
+            out.logits = self._fused_head(p1, image)
+        else:
+            out.logits = self.conv_out1(self._with_patches(resize(p1, image.shape[2:]), image, 1))
         return out
+
+    def _fused_head(self, p1: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``conv_out1(cat(up(p1), ipt_blk1(image)))`` without the full-resolution concat.
+
+        ``conv_out1`` is a 1x1 convolution, so it splits over the concatenated channels; it commutes with the
+        (per-channel, linear) bilinear upsampling, so its ``p1`` part runs at 1/4 resolution on C channels and
+        only the 1-channel result is upsampled; and its image-patch part folds into ``ipt_blk1.conv_out``
+        (a 3x3 convolution followed by a 1x1 one is one 3x3 convolution). Same parameters, same function
+        (to float rounding); no 240-channel full-resolution tensor is created or kept for backward.
+        """
+        weight, bias = self.conv_out1[0].weight, self.conv_out1[0].bias
+        c = p1.shape[1]
+        logits = resize(F.conv2d(p1, weight[:, :c]), image.shape[2:])
+        if self.image_patches:
+            ipt = self.ipt_blk1
+            w_img = weight[:, c:]  # 1 x 48 x 1 x 1
+            folded_w = torch.einsum("oc,cikl->oikl", w_img[:, :, 0, 0], ipt.conv_out.weight)
+            folded_b = w_img[:, :, 0, 0] @ ipt.conv_out.bias
+            logits = logits + F.conv2d(ipt.conv1(image), folded_w, folded_b, padding=1)
+        return logits + bias.view(1, -1, 1, 1)
 
 
 class BiRefNet(nn.Module):
@@ -233,6 +257,8 @@ class BiRefNet(nn.Module):
         layout: ``'current'`` or ``'legacy'`` (checkpoints made before 2024-05-02; see docs).
         norm: ``'batch'`` (reference), ``'group'`` or ``'identity'``.
         grad_checkpointing: recompute backbone activations in backward to save memory.
+        fused_head: compute the final 1x1 head without the full-resolution 240-channel concat (same parameters
+            and function; see :meth:`BiRefNetDecoder._fused_head`). ``False`` runs the reference's literal path.
     """
 
     def __init__(
@@ -255,6 +281,7 @@ class BiRefNet(nn.Module):
         layout: str = "current",
         norm: str = "batch",
         grad_checkpointing: bool = False,
+        fused_head: bool = True,
     ) -> None:
         super().__init__()
         if multi_scale_input not in ("", "add", "cat"):
@@ -293,6 +320,7 @@ class BiRefNet(nn.Module):
             decoder_channels,
             layout,
             norm_layer,
+            fused_head=fused_head,
         )
         if num_classes:
             self.avgpool = nn.AdaptiveAvgPool2d(1)

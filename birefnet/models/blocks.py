@@ -8,6 +8,7 @@ batch size, which made BatchNorm keys vanish from checkpoints trained with batch
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -25,9 +26,17 @@ __all__ = [
     "DeformableConv2d",
     "ResBlk",
     "SimpleConvs",
+    "autocast_off",
     "build_attention",
     "resize",
 ]
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disable autocast on ``device`` (a no-op context for device types without autocast, e.g. ``meta``)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -63,7 +72,7 @@ class DeformableConv2d(nn.Module):
         offset = self.offset_conv(x)
         mask = 2.0 * torch.sigmoid(self.modulator_conv(x))
         weight, bias = self.regular_conv.weight, self.regular_conv.bias
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device):
             out = deform_conv2d(
                 x.float(),
                 offset.float(),
