@@ -132,7 +132,7 @@ def test_ddp_evaluation_equals_single_process_without_double_counting(tmp_path):
         f"data.root={tmp_path / 'data'}",
         "data.test_sets=[ODD]",
         "data.size=[64,64]",
-        "data.eval_batch_size=1",  # one image per batch in both runs: identical kernels, so only double counting could differ
+        "data.eval_batch_size=1",  # one image per batch in both runs: only double counting could differ
         "data.num_workers=0",
         "trainer.accelerator=cpu",
     ]
