@@ -40,6 +40,8 @@ class DISLitModule(L.LightningModule):
         input_key: batch entry fed to the network: ``"image"``, or ``"mask"`` to train IS-Net's GT encoder.
         init_from: a checkpoint (official BiRefNet / U2-Net ``.pth``, HF safetensors, or this project's) whose
             weights initialise the network before training: fine-tuning. Loaded strictly.
+        channels_last: keep the network and its inputs in channels-last memory format (faster convolutions
+            with tensor cores under bf16/fp16).
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class DISLitModule(L.LightningModule):
         log_images: int = 4,
         input_key: str = "image",
         init_from: str | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
@@ -76,9 +79,11 @@ class DISLitModule(L.LightningModule):
 
     # -- setup -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         if self.hparams.compile and stage == "fit":
             self.net.compile()
-        dm = getattr(self.trainer, "datamodule", None)
+        dm = getattr(self._trainer, "datamodule", None)
         for names, store in (
             (getattr(dm, "val_sets", []), self.val_metrics),
             (getattr(dm, "test_sets", []), self.test_metrics),
@@ -93,14 +98,17 @@ class DISLitModule(L.LightningModule):
 
     # -- training ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor):
-        return self.net(x)
+        return self.net(self._input(x))
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last and x.ndim == 4 else x
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._step_start = time.perf_counter()
 
     def training_step(self, batch: Mapping, batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
-        out = self.net(batch[self.hparams.input_key])
+        out = self.net(self._input(batch[self.hparams.input_key]))
         loss, parts = self.loss_fn(out, masks, batch.get("class_label"), self.loss_weights)
         if not torch.isfinite(loss):
             bad = [k for k, v in parts.items() if not torch.isfinite(v)]
@@ -117,13 +125,17 @@ class DISLitModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        optimizers = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
+        if optimizers is not None:
+            optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
+            self.log("train/lr", optimizer.param_groups[0]["lr"], batch_size=batch["image"].shape[0])
         elapsed = time.perf_counter() - self._step_start
         if elapsed > 0:
             self.log("train/images_per_s", batch["image"].shape[0] / elapsed, batch_size=batch["image"].shape[0])
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def _eval_step(self, batch: Mapping, dataloader_idx: int, stage: str) -> torch.Tensor:
-        out = self.net(batch[self.hparams.input_key])
+        out = self.net(self._input(batch[self.hparams.input_key]))
         probs = torch.sigmoid(out.logits.float())
         store = self.val_metrics if stage == "val" else self.test_metrics
         name = self._set_names(stage)[dataloader_idx]

@@ -85,3 +85,16 @@ def test_loss_schedule_sets_weights_from_the_epoch(tmp_path):
     assert seen[0] == {"bce": 30.0, "iou": 0.5, "ssim": 10.0}
     assert seen[1] == {"bce": 0.0, "iou": 0.25, "ssim": 10.0}
     assert seen[2] == {"bce": 0.0, "iou": 0.125, "ssim": 10.0}
+
+
+def test_channels_last_gives_the_same_predictions():
+    torch.manual_seed(0)
+    net = _tiny().eval()
+    plain = DISLitModule(net)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = plain(x).logits
+        fast = DISLitModule(net, channels_last=True)
+        fast.setup("validate")
+        assert fast.net.decoder.conv_out1[0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(fast(x).logits, ref, atol=1e-5)

@@ -239,3 +239,39 @@ def test_compile_smoke_eager_backend():
         ref = model(x).logits
         compiled = torch.compile(model, backend="eager")(x).logits
     assert torch.allclose(ref, compiled, atol=1e-6)
+
+
+def test_backbone_weights_from_a_timm_file_reproduce_timm_features(tmp_path):
+    import timm
+
+    from birefnet.models.backbones import load_backbone_weights
+    from birefnet.models.pvt_v2 import pvt_v2
+
+    torch.manual_seed(0)
+    reference = timm.create_model("pvt_v2_b0", pretrained=False).eval()
+    torch.save({"state_dict": reference.state_dict()}, tmp_path / "t.pth")  # a timm-layout weight file
+    ours = pvt_v2("pvt_v2_b0").eval()
+    load_backbone_weights(ours, tmp_path / "t.pth")
+    x = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        for a, b in zip(ours(x), reference.forward_intermediates(x, intermediates_only=True), strict=True):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_backbone_weights_of_another_model_are_refused(tmp_path):
+    from birefnet.models.backbones import load_backbone_weights
+    from birefnet.models.swin import swin_v1
+
+    torch.save({"model": {"fc.weight": torch.zeros(3, 3)}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="share no key"):
+        load_backbone_weights(swin_v1("swin_v1_t"), tmp_path / "other.pth")
+
+
+def test_hugging_face_style_safetensors_without_metadata(tmp_path):
+    from safetensors.torch import save_file
+
+    data = load_fixture("birefnet_pvt_v2_b0_eval.safetensors")
+    save_file({k: v.contiguous() for k, v in fixture_state_dict(data).items()}, str(tmp_path / "model.safetensors"))
+    model = BiRefNet.from_checkpoint(tmp_path / "model.safetensors")
+    with torch.no_grad():
+        assert (model(data["input.1"]).logits - data["output.1"]).abs().max() <= 1e-4
