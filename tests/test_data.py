@@ -232,3 +232,24 @@ def test_color_enhance_matches_pil_image_enhance(factors):
     ours = ColorEnhance().apply(img, brightness=b, contrast=c, color=col, sharpness=sharp)
     diff = np.abs(ours.astype(int) - np.asarray(ref).astype(int))
     assert diff.mean() < 0.1 and (diff == 0).mean() > 0.97 and diff.max() <= 3, (diff.mean(), diff.max())
+
+
+def test_resize_cache_is_used_and_identical(tmp_path):
+    src = SAMPLE / "ECSSD-TR"
+    plain = DISDataset(SAMPLE, "ECSSD-TR", train_transform((96, 96), []), decode_min_side=96)  # as in training
+    cached = DISDataset(
+        SAMPLE,
+        "ECSSD-TR",
+        train_transform((96, 96), []),
+        cache_dir=tmp_path / "cache",
+        cache_size=(96, 96),
+        decode_min_side=96,
+    )
+    first = cached[0]
+    files = sorted((tmp_path / "cache" / "ECSSD-TR").glob("0001.*.png"))
+    assert len(files) == 2
+    again = cached[0]  # from the cache now
+    ref = plain[0]
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["mask"], again["mask"])
+    assert torch.allclose(again["image"], ref["image"]) and torch.allclose(again["mask"], ref["mask"])
+    assert src.exists()

@@ -65,6 +65,7 @@ class DISDataModule(L.LightningDataModule):
         dynamic_size: ``[min, max]`` per-batch random size for training (BiRefNet_dynamic), or ``None``.
         normalization: ``imagenet`` (BiRefNet), ``u2net`` (per-image max, then ImageNet) or ``isnet`` (mean 0.5, std 1).
         crop_size: random training crop after the resize (U2-Net: 288 from 320), or ``None``.
+        cache_dir: keep training images resized to ``size`` here (lossless PNG) for the following epochs.
         skip_invalid: skip broken files with a warning instead of stopping.
         fast_decode: decode large JPEGs at reduced size when still >= the training size.
         num_workers / pin_memory: loader settings.
@@ -84,6 +85,7 @@ class DISDataModule(L.LightningDataModule):
         dynamic_size: Sequence[int] | None = None,
         normalization: str = "imagenet",
         crop_size: Sequence[int] | None = None,
+        cache_dir: str | None = None,
         skip_invalid: bool = False,
         fast_decode: bool = True,
         num_workers: int = 4,
@@ -103,6 +105,7 @@ class DISDataModule(L.LightningDataModule):
         self.dynamic_size = list(dynamic_size) if dynamic_size else None
         self.normalization = normalization
         self.crop_size = list(crop_size) if crop_size else None
+        self.cache_dir = cache_dir
         self.skip_invalid, self.fast_decode = skip_invalid, fast_decode
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_set: DISDataset | None = None
@@ -128,6 +131,8 @@ class DISDataModule(L.LightningDataModule):
                 self.skip_invalid,
                 decode_min_side=min(self.size) if self.fast_decode else None,
                 reseed=True,
+                cache_dir=f"{self.cache_dir}/{'+'.join(self.train_sets)}" if self.cache_dir else None,
+                cache_size=self.size,
             )
         if stage in ("fit", "validate", None) and not self.val_datasets:
             self.val_datasets = self._eval_sets(self.val_sets)

@@ -9,10 +9,12 @@ evaluation samples also carry ``"mask_full"``, the uint8 mask at the original si
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -101,6 +103,9 @@ class DISDataset(Dataset):
         decode_min_side: allow reduced JPEG decoding down to this short side (training at a fixed size).
         reseed: seed the transform for every sample from torch's RNG (training): augmentations then follow
             ``seed_everything`` in the main process and in workers, and a resumed run repeats them exactly.
+        cache_dir / cache_size: keep lossless copies resized to ``cache_size`` (the training size) in
+            ``cache_dir`` after the first epoch; later epochs decode those instead of the (4K-8K) originals.
+            Entries are keyed by the source files' size and modification time.
     """
 
     def __init__(
@@ -113,6 +118,8 @@ class DISDataset(Dataset):
         keep_full_mask: bool = False,
         decode_min_side: int | None = None,
         reseed: bool = False,
+        cache_dir: str | Path | None = None,
+        cache_size: Sequence[int] | None = None,
     ) -> None:
         self.root = Path(root)
         self.sets = parse_sets(sets)
@@ -122,6 +129,10 @@ class DISDataset(Dataset):
         self.keep_full_mask = keep_full_mask
         self.decode_min_side = decode_min_side
         self.reseed = reseed
+        if cache_dir is not None and not cache_size:
+            raise ValueError("cache_dir needs cache_size (the training size the cached copies are resized to).")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_size = tuple(int(v) for v in cache_size) if cache_size else None
         self.samples: list[Sample] = []
         problems: list[str] = []
         for s in self.sets:
@@ -144,14 +155,38 @@ class DISDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
-        s = self.samples[index]
+    def _decode(self, s: Sample) -> tuple[np.ndarray, np.ndarray]:
         image = read_image(s.image, self.decode_min_side)
         mask = read_mask(s.mask, self.decode_min_side)
         if mask.shape != image.shape[:2]:
             if self.decode_min_side is None:
                 raise ValueError(f"{s.image} is {image.shape[:2]} but {s.mask} is {mask.shape} (HxW).")
             mask = _resize_mask(mask, image.shape[:2])
+        return image, mask
+
+    def _load(self, s: Sample) -> tuple[np.ndarray, np.ndarray]:
+        if self.cache_dir is None:
+            return self._decode(s)
+        h, w = self.cache_size
+        stat_im, stat_gt = s.image.stat(), s.mask.stat()
+        tag = f"{h}x{w}_{stat_im.st_mtime_ns:x}_{stat_im.st_size:x}_{stat_gt.st_mtime_ns:x}_{stat_gt.st_size:x}"
+        im_path = self.cache_dir / s.set_name / f"{s.name}.{tag}.im.png"
+        gt_path = self.cache_dir / s.set_name / f"{s.name}.{tag}.gt.png"
+        if im_path.exists() and gt_path.exists():
+            return read_image(im_path), read_mask(gt_path)
+        image, mask = self._decode(s)
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+        im_path.parent.mkdir(parents=True, exist_ok=True)
+        for path, arr in ((im_path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)), (gt_path, mask)):
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.png")  # atomic: several workers may fill the cache
+            cv2.imwrite(str(tmp), arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            os.replace(tmp, path)
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.samples[index]
+        image, mask = self._load(s)
         item = {"name": s.name, "set": s.set_name, "orig_size": torch.tensor(image.shape[:2])}
         if self.keep_full_mask:
             item["mask_full"] = torch.from_numpy(mask)
