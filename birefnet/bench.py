@@ -101,6 +101,7 @@ def bench_model(
     decoder_attention: str = "ASPPDeformable",
     channels_last: bool = False,
     grad_checkpointing: bool = False,
+    deform_impl: str = "auto",
 ) -> list[dict]:
     """Time the training step and/or inference of one configuration; returns table rows."""
     from birefnet.losses import DISLoss, MultiBCELoss
@@ -109,9 +110,14 @@ def bench_model(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     if model == "birefnet":
-        net = BiRefNet(backbone, decoder_attention=decoder_attention, grad_checkpointing=grad_checkpointing)
+        net = BiRefNet(
+            backbone,
+            decoder_attention=decoder_attention,
+            grad_checkpointing=grad_checkpointing,
+            deform_impl=deform_impl,
+        )
         loss_fn = DISLoss()
-        name = f"BiRefNet {backbone}"
+        name = f"BiRefNet {backbone}" + (f" (deform: {deform_impl})" if decoder_attention == "ASPPDeformable" else "")
     else:
         net = U2Net(model)
         loss_fn = MultiBCELoss()
@@ -402,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--decoder-attention", default="ASPPDeformable")
     m.add_argument("--channels-last", action="store_true")
     m.add_argument("--grad-checkpointing", action="store_true")
+    m.add_argument("--deform-impl", default="auto", choices=["auto", "torchvision", "grid_sample"])
     mt = sub.add_parser("metrics", help="metric suite vs PySODMetrics")
     mt.add_argument("--images", type=int, default=20)
     mt.add_argument("--size", type=int, default=1024)
@@ -432,6 +439,7 @@ def main(argv: list[str] | None = None) -> None:
             getattr(args, "decoder_attention", "ASPPDeformable"),
             getattr(args, "channels_last", False),
             getattr(args, "grad_checkpointing", False),
+            getattr(args, "deform_impl", "auto"),
         )
     elif command == "memory":
         rows = bench_activation_memory(args.backbone, args.size)

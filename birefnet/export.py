@@ -85,16 +85,25 @@ def export_onnx(
     dynamic_size: bool = True,
     check: bool = True,
     atol: float = 1e-3,
+    deform_op: str = "DeformConv",
 ) -> float | None:
     """Export ``model`` (eval mode, CPU) and return onnxruntime's max abs difference to PyTorch on a random batch.
+
+    ``deform_op``: the deformable convolution as ONNX ``DeformConv`` (opset 19) or as ``GridSample`` + MatMul
+    (opset 16+, supported by more runtimes, e.g. TensorRT).
 
     Raises:
         RuntimeError: the export or onnxruntime fails, with what to do about it.
     """
     _register_deform_conv()
+    from birefnet.models.blocks import set_deform_impl
+
+    if deform_op not in ("DeformConv", "GridSample"):
+        raise ValueError(f"deform_op must be 'DeformConv' or 'GridSample', not {deform_op!r}.")
     model = model.float().cpu().eval()
     deformable = any(type(m).__name__ == "DeformableConv2d" for m in model.modules())
-    if deformable and opset < 19:
+    set_deform_impl(model, "torchvision" if deform_op == "DeformConv" else "grid_sample")
+    if deformable and deform_op == "DeformConv" and opset < 19:
         raise RuntimeError(f"The deformable convolution needs ONNX opset >= 19 (DeformConv); got opset {opset}.")
     x = torch.randn(1, 3, *size)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
@@ -149,6 +158,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=19)
     parser.add_argument("--static-size", action="store_true", help="fix height/width (batch stays dynamic)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    parser.add_argument(
+        "--deform-op",
+        default="DeformConv",
+        choices=["DeformConv", "GridSample"],
+        help="ONNX form of the deformable convolution",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -156,7 +171,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     size = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
     model = load_model(args.checkpoint)
     try:
-        diff = export_onnx(model, args.output, size, args.opset, not args.static_size, not args.no_check)
+        diff = export_onnx(
+            model, args.output, size, args.opset, not args.static_size, not args.no_check, deform_op=args.deform_op
+        )
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -275,3 +275,25 @@ def test_hugging_face_style_safetensors_without_metadata(tmp_path):
     model = BiRefNet.from_checkpoint(tmp_path / "model.safetensors")
     with torch.no_grad():
         assert (model(data["input.1"]).logits - data["output.1"]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 7])
+def test_grid_sample_deformable_conv_equals_torchvision(kernel):
+    from birefnet.models.blocks import DeformableConv2d
+
+    torch.manual_seed(0)
+    conv = DeformableConv2d(8, 16, kernel, padding=kernel // 2, bias=True)
+    torch.nn.init.normal_(conv.offset_conv.weight, std=0.3)  # offsets of several pixels, some outside the map
+    torch.nn.init.normal_(conv.modulator_conv.weight, std=0.3)
+    x = torch.randn(2, 8, 12, 10, requires_grad=True)
+    results = []
+    for impl in ("torchvision", "grid_sample"):
+        conv.impl = impl
+        conv.zero_grad()
+        x.grad = None
+        y = conv(x)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        grads = (x.grad.clone(), conv.offset_conv.weight.grad.clone(), conv.regular_conv.weight.grad.clone())
+        results.append((y.detach(), *grads))
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)

@@ -171,13 +171,19 @@ def test_cli_predict_recursive_glob_and_original_size(tiny_checkpoint, tmp_path)
     assert "4 image(s) in" in proc.stderr and "images/s" in proc.stderr
 
 
-def test_onnx_export_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("deform_op", ["DeformConv", "GridSample"])
+def test_onnx_export_matches_pytorch(tmp_path, deform_op):
     torch.manual_seed(0)
     model = BiRefNet("pvt_v2_b0").eval()  # with the deformable ASPP (ONNX DeformConv, opset 19)
     for m in model.modules():
         if type(m).__name__ == "DeformableConv2d":  # make the deformation non-trivial
             torch.nn.init.normal_(m.offset_conv.weight, std=0.05)
-    diff = export_onnx(model, tmp_path / "m.onnx", size=(64, 64))
+    diff = export_onnx(model, tmp_path / "m.onnx", size=(64, 64), deform_op=deform_op)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert ("DeformConv" in ops) == (deform_op == "DeformConv")
+    assert ("GridSample" in ops) == (deform_op == "GridSample")
     assert diff is not None and diff <= 1e-3
     import onnxruntime as ort
 

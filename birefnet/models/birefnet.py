@@ -28,6 +28,7 @@ from birefnet.models.blocks import (
     ResBlk,
     SimpleConvs,
     resize,
+    set_deform_impl,
 )
 from birefnet.models.outputs import SegmentationOutput
 
@@ -259,6 +260,8 @@ class BiRefNet(nn.Module):
         grad_checkpointing: recompute backbone activations in backward to save memory.
         fused_head: compute the final 1x1 head without the full-resolution 240-channel concat (same parameters
             and function; see :meth:`BiRefNetDecoder._fused_head`). ``False`` runs the reference's literal path.
+        deform_impl: deformable convolution kernel: ``"auto"`` (torchvision on CUDA, grid_sample elsewhere),
+            ``"torchvision"`` or ``"grid_sample"`` (same function; see ``blocks.DeformableConv2d``).
     """
 
     def __init__(
@@ -282,6 +285,7 @@ class BiRefNet(nn.Module):
         norm: str = "batch",
         grad_checkpointing: bool = False,
         fused_head: bool = True,
+        deform_impl: str = "auto",
     ) -> None:
         super().__init__()
         if multi_scale_input not in ("", "add", "cat"):
@@ -322,6 +326,7 @@ class BiRefNet(nn.Module):
             norm_layer,
             fused_head=fused_head,
         )
+        set_deform_impl(self, deform_impl)
         if num_classes:
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.cls_head = nn.Sequential(nn.Linear(channels[0], num_classes))
