@@ -214,3 +214,10 @@ def test_cli_export_onnx(tiny_checkpoint, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "onnxruntime vs PyTorch max abs diff" in proc.stdout
+
+
+def test_compiled_predictor_gives_the_same_masks(tiny_checkpoint):
+    image = np.asarray(Image.open(SAMPLE / "ECSSD-TE" / "im" / "0005.jpg").convert("RGB"))
+    eager = Predictor(tiny_checkpoint, size=(64, 64)).masks([image])[0]
+    compiled = Predictor(tiny_checkpoint, size=(64, 64), compile={"backend": "eager"}).masks([image])[0]
+    assert np.allclose(eager, compiled, atol=1e-6)
