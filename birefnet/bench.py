@@ -133,64 +133,47 @@ def bench_model(
     flops = _forward_flops(net.eval(), x)
     runner = torch.compile(net) if compile else net
 
+    def row(mode: str, fn, flop_factor: int) -> dict:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        ms = statistics.median(timer.time(fn, warmup, iters))
+        peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan")
+        return {
+            "model": name,
+            "mode": mode,
+            "precision": precision,
+            "compile": compile,
+            "size": size,
+            "batch": batch,
+            "ms": ms,
+            "images/s": batch / ms * 1000,
+            "TFLOP/s": flop_factor * flops / ms / 1e9,
+            "peak GB": peak,
+            "params M": params,
+        }
+
+    autocast = precision != "fp32"
     if "train" in modes:
         net.train()
         opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-2)
 
         def step() -> None:
-            with torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32"):
+            with torch.autocast(device.type, dtype=dtype, enabled=autocast):
                 out = runner(x)
             loss, _ = loss_fn(out, y)  # losses run in fp32, as the reference training
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        times = timer.time(step, warmup, iters)
-        ms = statistics.median(times)
-        rows.append(
-            {
-                "model": name,
-                "mode": "train",
-                "precision": precision,
-                "compile": compile,
-                "size": size,
-                "batch": batch,
-                "ms": ms,
-                "images/s": batch / ms * 1000,
-                "TFLOP/s": 3 * flops / ms / 1e9,
-                "peak GB": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan"),
-                "params M": params,
-            }
-        )
+        rows.append(row("train", step, 3))  # backward ~ 2x forward
     if "infer" in modes:
         net.eval()
-        infer_dtype = dtype if precision != "fp32" else torch.float32
 
         def infer() -> None:
-            with torch.inference_mode(), torch.autocast(device.type, dtype=infer_dtype, enabled=precision != "fp32"):
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
                 runner(x)
 
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        times = timer.time(infer, warmup, iters)
-        ms = statistics.median(times)
-        rows.append(
-            {
-                "model": name,
-                "mode": "infer",
-                "precision": precision,
-                "compile": compile,
-                "size": size,
-                "batch": batch,
-                "ms": ms,
-                "images/s": batch / ms * 1000,
-                "TFLOP/s": flops / ms / 1e9,
-                "peak GB": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan"),
-                "params M": params,
-            }
-        )
+        rows.append(row("infer", infer, 1))
     return rows
 
 

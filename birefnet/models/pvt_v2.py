@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from birefnet.models.swin import DropPath
+from birefnet.models.swin import DropPath, init_transformer_weights
 
 __all__ = ["PVT_CONFIGS", "PyramidVisionTransformerV2", "pvt_v2"]
 
@@ -149,17 +149,7 @@ class PyramidVisionTransformerV2(nn.Module):
             )
             self.add_module(f"block{i + 1}", blocks)
             self.add_module(f"norm{i + 1}", nn.LayerNorm(embed_dims[i], eps=1e-6))
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_transformer_weights)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

@@ -31,6 +31,17 @@ SWIN_CONFIGS: dict[str, dict] = {
 }
 
 
+def init_transformer_weights(m: nn.Module) -> None:
+    """Reference init of Swin and PVT: truncated-normal (std 0.02) Linear weights, zero biases, unit LayerNorms."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample (identity in eval mode)."""
 
@@ -271,17 +282,7 @@ class SwinTransformer(nn.Module):
             )
         for i, c in enumerate(self.out_channels):
             self.add_module(f"norm{i}", nn.LayerNorm(c))
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_transformer_weights)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for layer in self.layers:
