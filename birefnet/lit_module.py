@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from birefnet.data.transforms import normalize_batch
 from birefnet.losses import DISLoss
 from birefnet.metrics import DISMetrics
 from birefnet.models.blocks import resize
@@ -95,6 +96,12 @@ class DISLitModule(L.LightningModule):
     def _set_names(self, stage: str) -> list[str]:
         dm = self.trainer.datamodule
         return list(dm.val_sets if stage == "val" else dm.test_sets)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(dm, "normalize_on_device", False) and isinstance(batch, dict) and "image" in batch:
+            batch["image"] = normalize_batch(batch["image"], dm.normalization)
+        return batch
 
     # -- training ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor):

@@ -253,3 +253,48 @@ def test_resize_cache_is_used_and_identical(tmp_path):
     assert torch.equal(first["image"], again["image"]) and torch.equal(first["mask"], again["mask"])
     assert torch.allclose(again["image"], ref["image"]) and torch.allclose(again["mask"], ref["mask"])
     assert src.exists()
+
+
+@pytest.mark.parametrize("normalization", ["imagenet", "u2net", "isnet"])
+def test_device_normalisation_equals_loader_normalisation(normalization):
+    from birefnet.data.transforms import normalize_batch
+
+    img = read_image(SAMPLE / "ECSSD-TR" / "im" / "0003.jpg")
+    mask = read_mask(SAMPLE / "ECSSD-TR" / "gt" / "0003.png")
+    in_loader = eval_transform((64, 64), normalization)(image=img, mask=mask)["image"]
+    raw = eval_transform((64, 64), "none")(image=img, mask=mask)["image"]
+    assert raw.dtype == torch.uint8
+    assert torch.allclose(normalize_batch(raw[None], normalization)[0], in_loader, atol=1e-6)
+
+
+def test_datamodule_with_device_normalisation_trains(tmp_path):
+    import lightning as L
+
+    from birefnet.lit_module import DISLitModule
+    from birefnet.models import BiRefNet
+
+    dm = DISDataModule(
+        str(SAMPLE),
+        "ECSSD-TR",
+        ["ECSSD-TE"],
+        ["ECSSD-TE"],
+        size=(64, 64),
+        batch_size=4,
+        eval_batch_size=8,
+        num_workers=0,
+        normalize_on_device=True,
+    )
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["image"].dtype == torch.uint8
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(DISLitModule(BiRefNet("pvt_v2_b0", decoder_attention="")), datamodule=dm)
+    assert 0 < trainer.callback_metrics["val/Sm"] <= 1

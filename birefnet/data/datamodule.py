@@ -46,7 +46,7 @@ class DynamicSizeCollate:
         batch = eval_collate(items)
         h = random.randrange(self.min_size, self.max_size + 1, 32)
         w = random.randrange(self.min_size, self.max_size + 1, 32)
-        batch["image"] = F.interpolate(batch["image"], size=(h, w), mode="bilinear", align_corners=False)
+        batch["image"] = F.interpolate(batch["image"].float(), size=(h, w), mode="bilinear", align_corners=False)
         batch["mask"] = F.interpolate(batch["mask"], size=(h, w), mode="bilinear", align_corners=False)
         return batch
 
@@ -66,6 +66,7 @@ class DISDataModule(L.LightningDataModule):
         normalization: ``imagenet`` (BiRefNet), ``u2net`` (per-image max, then ImageNet) or ``isnet`` (mean 0.5, std 1).
         crop_size: random training crop after the resize (U2-Net: 288 from 320), or ``None``.
         cache_dir: keep training images resized to ``size`` here (lossless PNG) for the following epochs.
+        normalize_on_device: loaders yield uint8 images; the LightningModule normalises them on the device.
         skip_invalid: skip broken files with a warning instead of stopping.
         fast_decode: decode large JPEGs at reduced size when still >= the training size.
         num_workers / pin_memory: loader settings.
@@ -86,6 +87,7 @@ class DISDataModule(L.LightningDataModule):
         normalization: str = "imagenet",
         crop_size: Sequence[int] | None = None,
         cache_dir: str | None = None,
+        normalize_on_device: bool = False,
         skip_invalid: bool = False,
         fast_decode: bool = True,
         num_workers: int = 4,
@@ -106,6 +108,8 @@ class DISDataModule(L.LightningDataModule):
         self.normalization = normalization
         self.crop_size = list(crop_size) if crop_size else None
         self.cache_dir = cache_dir
+        self.normalize_on_device = normalize_on_device
+        self._loader_normalization = "none" if normalize_on_device else normalization
         self.skip_invalid, self.fast_decode = skip_invalid, fast_decode
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_set: DISDataset | None = None
@@ -115,7 +119,11 @@ class DISDataModule(L.LightningDataModule):
     def _eval_sets(self, names: list[str]) -> list[DISDataset]:
         return [
             DISDataset(
-                self.root, n, eval_transform(self.size, self.normalization), self.skip_invalid, keep_full_mask=True
+                self.root,
+                n,
+                eval_transform(self.size, self._loader_normalization),
+                self.skip_invalid,
+                keep_full_mask=True,
             )
             for n in names
         ]
@@ -126,7 +134,7 @@ class DISDataModule(L.LightningDataModule):
                 self.root,
                 self.train_sets,
                 train_transform(
-                    self.size, self.augmentations, self.background_synthesis, self.normalization, self.crop_size
+                    self.size, self.augmentations, self.background_synthesis, self._loader_normalization, self.crop_size
                 ),
                 self.skip_invalid,
                 decode_min_side=min(self.size) if self.fast_decode else None,
