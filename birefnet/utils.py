@@ -102,3 +102,29 @@ def split_logged_metrics(metrics: Mapping[str, torch.Tensor], stage: str, method
         if len(parts) == 3 and parts[0] == stage:
             results.setdefault(parts[1], {}).setdefault(method, {})[parts[2]] = float(value)
     return results
+
+
+def compose_config(
+    config_name: str, overrides: list[str] | None = None, output_dir: str | Path | None = None
+) -> DictConfig:
+    """Compose ``configs/<config_name>.yaml`` outside ``@hydra.main`` (notebooks, tests, scripts).
+
+    ``output_dir`` replaces Hydra's run directory (``paths.output_dir`` and ``paths.log_dir`` point there), and
+    the Hydra config is registered so ``${hydra:...}`` interpolations resolve as in a command-line run.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from birefnet import PROJECT_ROOT
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name, return_hydra_config=True, overrides=list(overrides or []))
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = cfg.paths.log_dir = cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.hydra.job.num, cfg.hydra.job.id = 0, 0
+    HydraConfig().set_config(cfg)
+    return cfg

@@ -72,22 +72,7 @@ NB1 = [
                   "plt.tight_layout()"),
 ]
 
-TRAIN_CFG = """\
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
-
-def compose_config(name, overrides, output_dir):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / 'configs'), version_base='1.3'):
-        cfg = compose(name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num, cfg.hydra.job.id = 0, 0
-    HydraConfig().set_config(cfg)
-    return cfg
-"""
+TRAIN_CFG = "from birefnet.utils import compose_config  # compose configs/<name>.yaml with overrides\n"
 
 NB2 = [
     new_markdown_cell("# 02 · Train and evaluate\n\nCompose the Hydra config in the notebook, train a small BiRefNet "

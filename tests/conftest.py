@@ -7,12 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-import birefnet  # noqa: F401  (registers the config resolvers)
+from birefnet.utils import compose_config as birefnet_compose
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -49,26 +45,8 @@ def fixtures_meta() -> dict:
 
 
 def compose_config(config_name: str, tmp_path: Path, overrides: list[str] | None = None):
-    """Compose a real config with test-friendly settings; outputs go to ``tmp_path``."""
-    GlobalHydra.instance().clear()
+    """The real config with test-friendly settings (CPU, no workers, no logger); outputs go to ``tmp_path``."""
     overrides = list(overrides or [])
     keep_logger = config_name != "train" or any(o.startswith("logger=") for o in overrides)
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(
-            config_name,
-            return_hydra_config=True,
-            overrides=[
-                *([] if keep_logger else ["~logger"]),
-                "trainer.accelerator=cpu",
-                "data.num_workers=0",
-                *overrides,
-            ],
-        )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.paths.log_dir = str(tmp_path)
-        cfg.hydra.runtime.output_dir = str(tmp_path)
-        cfg.hydra.job.num = 0
-        cfg.hydra.job.id = 0
-    HydraConfig().set_config(cfg)
-    return cfg
+    test_settings = [*([] if keep_logger else ["~logger"]), "trainer.accelerator=cpu", "data.num_workers=0"]
+    return birefnet_compose(config_name, [*test_settings, *overrides], tmp_path)

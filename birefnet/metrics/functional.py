@@ -30,7 +30,7 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt
 from skimage.morphology import skeletonize
 
-__all__ = ["EPS", "ImageScores", "SkeletonCache", "boundary_iou_curve", "hce", "image_scores", "mba", "prepare"]
+__all__ = ["EPS", "ImageScores", "SkeletonCache", "boundary_iou_curve", "hce", "image_scores", "mba"]
 
 EPS = np.spacing(1)
 BETA2 = 0.3
@@ -61,14 +61,6 @@ def _levels(lo: int, hi: int) -> np.ndarray:
     if hi != lo:
         p = (p - lo / 255.0) / (hi / 255.0 - lo / 255.0)
     return p
-
-
-def prepare(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(pred float64 in [0, 1] min-max stretched, gt bool)`` from uint8/float/bool inputs."""
-    q, g = _quantise(pred), _binary_gt(gt)
-    if q.shape != g.shape:
-        raise ValueError(f"prediction {q.shape} and ground truth {g.shape} differ in shape; resize first.")
-    return _levels(int(q.min()), int(q.max()))[q], g
 
 
 def _ssim_from_hist(fg: np.ndarray, bg: np.ndarray, p: np.ndarray) -> float:
@@ -149,15 +141,15 @@ def _enhanced_sum(fg_fg, fg_bg, gt_fg: int, n: int):
     return total
 
 
-_GAUSS_7 = None
-
-
 def _matlab_gauss(size: int = 7, sigma: float = 5.0) -> np.ndarray:
     m = (size - 1) / 2
     y, x = np.ogrid[-m : m + 1, -m : m + 1]
     h = np.exp(-(x * x + y * y) / (2 * sigma * sigma))
     h[h < np.finfo(h.dtype).eps * h.max()] = 0
     return h / h.sum()
+
+
+_GAUSS_7 = _matlab_gauss()
 
 
 def weighted_f_measure(pmap: np.ndarray, g: np.ndarray, beta2: float = 1.0) -> float:
@@ -167,9 +159,6 @@ def weighted_f_measure(pmap: np.ndarray, g: np.ndarray, beta2: float = 1.0) -> f
     needed only within 3 px of the foreground, so they are computed on the foreground's bounding box plus
     that margin; distances for the importance weights come from OpenCV's exact Euclidean transform.
     """
-    global _GAUSS_7
-    if _GAUSS_7 is None:
-        _GAUSS_7 = _matlab_gauss()
     if not g.any():
         return 0.0
     h, w = g.shape

@@ -158,16 +158,18 @@ def unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:
 
 def _timm_to_reference(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename timm Swin / PVT v2 keys into the reference (official release) layout; others pass through."""
+    timm_pvt = any(k.startswith("stages.") for k in sd)
+    timm_swin = "layers.0.downsample.norm.weight" not in sd
     out = {}
     for k, v in sd.items():
-        if k.startswith("stages.") or (k.startswith("patch_embed.proj") and any(s.startswith("stages.") for s in sd)):
+        if timm_pvt and (k.startswith("stages.") or k.startswith("patch_embed.")):
             # timm PVT v2
             k = re.sub(r"^patch_embed\.", "patch_embed1.", k)
             k = re.sub(r"^stages\.(\d+)\.downsample\.", lambda m: f"patch_embed{int(m[1]) + 1}.", k)
             k = re.sub(r"^stages\.(\d+)\.blocks\.", lambda m: f"block{int(m[1]) + 1}.", k)
             k = re.sub(r"^stages\.(\d+)\.norm\.", lambda m: f"norm{int(m[1]) + 1}.", k)
             k = re.sub(r"\.mlp\.dwconv\.(weight|bias)$", r".mlp.dwconv.dwconv.\1", k)
-        elif re.match(r"^layers\.\d+\.downsample\.", k) and "layers.0.downsample.norm.weight" not in sd:
+        elif timm_swin and re.match(r"^layers\.\d+\.downsample\.", k):
             # timm Swin keeps patch merging at the start of the next stage
             k = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m[1]) - 1}.downsample.", k)
         out[k] = v
