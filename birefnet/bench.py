@@ -235,30 +235,35 @@ _REFERENCE_SCRIPT = r"""
 import sys, time, json, cv2, numpy as np, py_sod_metrics as M
 pairs = json.loads(sys.argv[1])
 ms = []
-for p, g in pairs:
+for p, g in pairs:  # best of 3 per image, as for ours
     pred, gt = cv2.imread(p, 0), cv2.imread(g, 0)
-    metrics = [M.MAE(), M.Smeasure(), M.Emeasure(), M.Fmeasure(), M.WeightedFmeasure(),
-               M.HumanCorrectionEffortMeasure()]
-    t = time.perf_counter()
-    for m in metrics:
-        m.step(pred, gt)
-    ms.append((time.perf_counter() - t) * 1000)
+    best = float("inf")
+    for _ in range(3):
+        metrics = [M.MAE(), M.Smeasure(), M.Emeasure(), M.Fmeasure(), M.WeightedFmeasure(),
+                   M.HumanCorrectionEffortMeasure()]
+        t = time.perf_counter()
+        for m in metrics:
+            m.step(pred, gt)
+        best = min(best, (time.perf_counter() - t) * 1000)
+    ms.append(best)
 print(json.dumps(ms))
 """
 
 
-def _score_file_pair(pair: tuple[str, str]):
-    import cv2
-
+def _score_pair(pair: tuple[np.ndarray, np.ndarray]):
     from birefnet.metrics.functional import image_scores
 
-    return image_scores(cv2.imread(pair[0], 0), cv2.imread(pair[1], 0))
+    return image_scores(*pair)
 
 
 def bench_metrics(
     images: int = 20, size: int = 1024, reference_python: str | None = None, workers: int | None = None
 ) -> list[dict]:
-    """Per-image time of the full suite here vs PySODMetrics (MAE, S, E, F, wF, HCE) on the same files."""
+    """Per-image time of the full suite here vs PySODMetrics (MAE, S, E, F, wF, HCE) on the same files.
+
+    PNG decoding is excluded everywhere; the multi-process row is the wall time of scoring all pairs
+    (sent to the workers as arrays) divided by their number.
+    """
     import cv2
 
     from birefnet.metrics.functional import image_scores
@@ -268,50 +273,35 @@ def bench_metrics(
     with tempfile.TemporaryDirectory() as tmp:
         pairs = _synthetic_pairs(Path(tmp), images, size)
         loaded = [(cv2.imread(str(p), 0), cv2.imread(str(g), 0)) for p, g in pairs]
-        image_scores(*loaded[0])
-        ours = []
-        for pred, gt in loaded:
-            t = time.perf_counter()
+        for pred, gt in loaded:  # compile / load the kernels, warm the allocator
             image_scores(pred, gt)
-            ours.append((time.perf_counter() - t) * 1000)
-        rows = [
-            {
-                "implementation": "birefnet.metrics (1 process)",
-                "metrics": "MAE S E F wF HCE mBA BIoU IoU Dice",
-                "ms / image": statistics.median(ours),
-            }
-        ]
-        from birefnet.metrics.functional import SkeletonCache
-
-        cache = SkeletonCache()
-        for pred, gt in loaded:
-            image_scores(pred, gt, skeleton_cache=cache)
-        warm = []
-        for pred, gt in loaded:  # the same masks again (validation every epoch, several methods per test set)
-            t = time.perf_counter()
-            image_scores(pred, gt, skeleton_cache=cache)
-            warm.append((time.perf_counter() - t) * 1000)
-        rows.append(
-            {
-                "implementation": "birefnet.metrics (1 process, masks seen before)",
-                "metrics": rows[0]["metrics"],
-                "ms / image": statistics.median(warm),
-            }
-        )
+        rows = []
+        for label, metrics, kwargs in (
+            ("birefnet.metrics (1 process)", "MAE S E F wF HCE", {"with_boundary": False}),
+            ("birefnet.metrics (1 process)", "MAE S E F wF HCE mBA BIoU IoU Dice", {}),
+        ):
+            times = []
+            for pred, gt in loaded:  # best of 3 per image, median over images
+                best = float("inf")
+                for _ in range(3):
+                    t = time.perf_counter()
+                    image_scores(pred, gt, **kwargs)
+                    best = min(best, (time.perf_counter() - t) * 1000)
+                times.append(best)
+            rows.append({"implementation": label, "metrics": metrics, "ms / image": statistics.median(times)})
         workers = workers or os.cpu_count() or 1
         if workers > 1:
             from concurrent.futures import ProcessPoolExecutor
 
-            jobs = [(str(p), str(g)) for p, g in pairs]
             with ProcessPoolExecutor(workers) as pool:
-                list(pool.map(_score_file_pair, jobs[:workers]))  # warm the workers
+                list(pool.map(_score_pair, loaded[:workers]))  # start the workers, load the kernels
                 t = time.perf_counter()
-                list(pool.map(_score_file_pair, jobs))
-                wall = (time.perf_counter() - t) * 1000 / len(jobs)
+                list(pool.map(_score_pair, loaded))
+                wall = (time.perf_counter() - t) * 1000 / len(loaded)
             rows.append(
                 {
-                    "implementation": f"birefnet.metrics ({workers} processes, incl. PNG decode)",
-                    "metrics": rows[0]["metrics"],
+                    "implementation": f"birefnet.metrics ({workers} processes)",
+                    "metrics": rows[-1]["metrics"],
                     "ms / image": wall,
                 }
             )

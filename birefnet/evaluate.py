@@ -34,6 +34,7 @@ from birefnet.data.io import read_mask
 from birefnet.lit_module import DISLitModule
 from birefnet.metrics import DISMetrics
 from birefnet.metrics.functional import image_scores
+from birefnet.metrics.kernels import compile_kernels
 from birefnet.models import load_model
 from birefnet.utils import METRIC_ORDER, save_config, write_results
 
@@ -137,6 +138,7 @@ def evaluate_prediction_folders(
 
     workers = workers or os.cpu_count() or 1
     results, curves, worst = {}, {}, {}
+    compile_kernels()  # once here, so the workers load them from the cache
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
         for set_name in sets:

@@ -6,7 +6,8 @@ environment (``python -m venv /tmp/sod && /tmp/sod/bin/pip install pysodmetrics=
     /tmp/sod/bin/python scripts/make_metric_oracle.py ../shared/data/ECSSD-TE tests/data/metric_oracle.json
 
 Predictions are synthesised from each mask (blur + shift + structured error, uint8) by ``synth_prediction``
-and written next to the JSON as PNGs, so the test reads exactly the maps the oracle saw.
+and written next to the JSON as PNGs, so the test reads exactly the maps the oracle saw. Eight more
+("speckled") add salt-and-pepper noise, whose isolated pixels HCE counts one by one.
 """
 
 from __future__ import annotations
@@ -31,6 +32,29 @@ def synth_prediction(gt: np.ndarray, seed: int) -> np.ndarray:
     return np.clip(p, 0, 255).astype(np.uint8)
 
 
+def speckle(pred: np.ndarray, seed: int, fraction: float = 0.03) -> np.ndarray:
+    """Salt-and-pepper noise on a prediction: isolated wrong pixels, the case HCE counts one by one."""
+    rng = np.random.default_rng(1000 + seed)
+    out = pred.copy()
+    hit = rng.random(pred.shape) < fraction
+    out[hit] = np.where(rng.random(int(hit.sum())) < 0.5, 0, 255)
+    return out
+
+
+def _last_values(metrics: dict) -> dict:
+    """The per-image values of the image each metric saw last."""
+    return {
+        "mae": float(metrics["mae"].maes[-1]),
+        "sm": float(metrics["sm"].sms[-1]),
+        "wfm": float(metrics["wfm"].weighted_fms[-1]),
+        "adp_fm": float(metrics["fm"].adaptive_fms[-1]),
+        "fm_curve": [float(v) for v in metrics["fm"].changeable_fms[-1]],
+        "adp_em": float(metrics["em"].adaptive_ems[-1]),
+        "em_curve": [float(v) for v in metrics["em"].changeable_ems[-1]],
+        "hce": int(metrics["hce"].hces[-1]),
+    }
+
+
 def main(root: str, out: str, count: int = 16) -> None:
     import py_sod_metrics as M
 
@@ -52,14 +76,7 @@ def main(root: str, out: str, count: int = 16) -> None:
         row = {"name": path.name, "seed": i}
         for _name, m in metrics.items():
             m.step(pred, gt)
-        row["mae"] = float(metrics["mae"].maes[-1])
-        row["sm"] = float(metrics["sm"].sms[-1])
-        row["wfm"] = float(metrics["wfm"].weighted_fms[-1])
-        row["adp_fm"] = float(metrics["fm"].adaptive_fms[-1])
-        row["fm_curve"] = [float(v) for v in metrics["fm"].changeable_fms[-1]]
-        row["adp_em"] = float(metrics["em"].adaptive_ems[-1])
-        row["em_curve"] = [float(v) for v in metrics["em"].changeable_ems[-1]]
-        row["hce"] = int(metrics["hce"].hces[-1])
+        row.update(_last_values(metrics))
         per_image.append(row)
     fm, em = metrics["fm"].get_results(), metrics["em"].get_results()
     dataset = {
@@ -74,9 +91,28 @@ def main(root: str, out: str, count: int = 16) -> None:
         "meanEm": float(em["em"]["curve"].mean()),
         "HCE": float(metrics["hce"].get_results()["hce"]),
     }
+    # speckled predictions of the first masks: per-image values only (the dataset values above stay as they are)
+    speckled = []
+    for i, path in enumerate(gts[:8]):
+        gt = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        pred = speckle(synth_prediction(gt, seed=i), seed=i)
+        name = f"speckled_{path.name}"
+        cv2.imwrite(str(Path(out).parent / "metric_preds" / name), pred)
+        single = {key: type(m)() for key, m in metrics.items()}
+        for m in single.values():
+            m.step(pred, gt)
+        speckled.append({"name": name, "gt": path.name, "seed": i, **_last_values(single)})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(
-        json.dumps({"source": "pysodmetrics 1.6.2", "root": Path(root).name, "images": per_image, "dataset": dataset})
+        json.dumps(
+            {
+                "source": "pysodmetrics 1.6.2",
+                "root": Path(root).name,
+                "images": per_image,
+                "dataset": dataset,
+                "speckled": speckled,
+            }
+        )
     )
     print(f"wrote {out}: {len(per_image)} images", dataset)
 

@@ -18,15 +18,15 @@ DATA = Path(__file__).parent / "data"
 ORACLE = json.loads((DATA / "metric_oracle.json").read_text())
 
 
-def _pair(name: str) -> tuple[np.ndarray, np.ndarray]:
-    gt = cv2.imread(str(SHARED / "data" / ORACLE["root"] / "gt" / name), cv2.IMREAD_GRAYSCALE)
+def _pair(name: str, gt_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    gt = cv2.imread(str(SHARED / "data" / ORACLE["root"] / "gt" / (gt_name or name)), cv2.IMREAD_GRAYSCALE)
     pred = cv2.imread(str(DATA / "metric_preds" / name), cv2.IMREAD_GRAYSCALE)
     return pred, gt
 
 
-@pytest.mark.parametrize("row", ORACLE["images"], ids=lambda r: r["name"])
+@pytest.mark.parametrize("row", ORACLE["images"] + ORACLE["speckled"], ids=lambda r: r["name"])
 def test_per_image_values_equal_pysodmetrics(row):
-    s = image_scores(*_pair(row["name"]))
+    s = image_scores(*_pair(row["name"], row.get("gt")))
     for key in ("mae", "sm", "wfm", "adp_fm", "adp_em"):
         assert abs(getattr(s, key) - row[key]) <= 1e-6, key
     assert s.hce == row["hce"]  # exactly
@@ -125,11 +125,81 @@ def test_dis_metrics_keys_hce_and_conventions():
     assert metric.mean_of_max_fm() >= result["maxFm"]
 
 
-def test_skeleton_cache_gives_identical_hce():
-    from birefnet.metrics.functional import SkeletonCache
+def _kernel_masks(seed: int = 0):
+    """Random masks of every texture (noise, blobs, thin structures, sparse points) plus real ECSSD masks."""
+    rng = np.random.default_rng(seed)
+    for t in range(400):
+        s = int(rng.integers(3, 48))
+        kind = t % 4
+        if kind == 0:
+            yield rng.random((s, s + int(rng.integers(0, 9)))) < rng.random()
+        elif kind == 1:
+            f = cv2.GaussianBlur(rng.standard_normal((s, s)).astype(np.float32), (0, 0), 1 + 4 * rng.random())
+            yield f > np.quantile(f, rng.random())
+        elif kind == 2:
+            yield rng.random((s, 2 * s)) < 0.9
+        else:
+            yield rng.random((s, s)) < 0.02
+    for path in sorted((SHARED / "data" / "ECSSD-TE" / "gt").glob("*.png"))[:12]:
+        yield cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 128
 
-    cache = SkeletonCache()
-    for row in ORACLE["images"][:4]:
-        pred, gt = _pair(row["name"])
-        assert image_scores(pred, gt, skeleton_cache=cache).hce == row["hce"]
-        assert image_scores(pred, gt, skeleton_cache=cache).hce == row["hce"]  # from the cache
+
+def test_compiled_skeleton_equals_scikit_image():
+    from skimage.morphology import skeletonize as reference
+
+    from birefnet.metrics.kernels import skeletonize
+
+    masks = list(_kernel_masks())
+    for mask in masks:
+        assert np.array_equal(skeletonize(mask), reference(mask)), mask.shape
+    assert sum(m.size > 10_000 for m in masks) == 12  # the real masks were found
+
+
+def test_compiled_feature_transform_equals_scipy_including_ties():
+    from scipy.ndimage import distance_transform_edt
+
+    from birefnet.metrics.kernels import nearest_foreground
+
+    for mask in _kernel_masks(seed=1):
+        rows, cols, dist2 = nearest_foreground(mask)
+        if not mask.any():
+            assert (rows == -1).all() and (cols == -1).all()
+            continue
+        distances, (ref_rows, ref_cols) = distance_transform_edt(~mask, return_indices=True)
+        assert np.array_equal(rows, ref_rows) and np.array_equal(cols, ref_cols), mask.shape
+        assert np.array_equal(np.sqrt(dist2.astype(np.float64)), distances)
+
+
+def _weighted_f_reference(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Margolin et al.'s weighted F-measure written out with scipy, as PySODMetrics computes it."""
+    from scipy.ndimage import convolve, distance_transform_edt
+
+    if not gt.any():
+        return 0.0
+    dist, (iy, ix) = distance_transform_edt(~gt, return_indices=True)
+    e = np.abs(pred - gt)
+    et = e.copy()
+    et[~gt] = e[iy[~gt], ix[~gt]]
+    x = np.arange(7) - 3.0
+    k = np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / 50.0)
+    ea = convolve(et, k / k.sum(), mode="constant", cval=0)
+    min_e_ea = np.where(gt & (ea < e), ea, e)
+    b = np.where(gt, 1.0, 2 - np.exp(np.log(0.5) / 5 * dist))
+    ew = min_e_ea * b
+    tpw = gt.sum() - ew[gt].sum()
+    fpw = ew[~gt].sum()
+    r = 1 - ew[gt].mean()
+    p = tpw / (tpw + fpw + np.spacing(1))
+    return 2 * r * p / (r + p + np.spacing(1))
+
+
+def test_compiled_weighted_f_measure_equals_the_formula_on_odd_shapes():
+    from birefnet.metrics.functional import weighted_f_measure
+
+    rng = np.random.default_rng(2)
+    for mask in _kernel_masks(seed=3):
+        q = rng.integers(0, 256, mask.shape, dtype=np.uint8)
+        q[rng.random(mask.shape) < 0.3] = 0  # exact zeros on the background are skipped by the kernel
+        levels = np.arange(256) / 255.0
+        ours = weighted_f_measure(q, levels, mask)
+        assert abs(ours - _weighted_f_reference(levels[q], mask)) <= 1e-9, mask.shape

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from birefnet.metrics.functional import ImageScores, SkeletonCache, image_scores
+from birefnet.metrics.functional import ImageScores, image_scores
 
 __all__ = ["DISMetrics", "to_numpy_map"]
 
@@ -48,7 +48,6 @@ class DISMetrics(Metric):
     ) -> None:
         super().__init__(**kwargs)
         self.with_hce, self.with_boundary = with_hce, with_boundary
-        self.skeleton_cache = SkeletonCache()  # validation repeats the same masks every epoch
         #: keep (name, MAE, Sm) per image on this process for worst-case listings (not synchronised)
         self.keep_per_image = keep_per_image
         self.per_image: list[tuple[str, float, float]] = []
@@ -74,9 +73,7 @@ class DISMetrics(Metric):
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predictions but {len(targets)} targets.")
         for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
-            scores = image_scores(
-                to_numpy_map(pred), to_numpy_map(target), self.with_hce, self.with_boundary, self.skeleton_cache
-            )
+            scores = image_scores(to_numpy_map(pred), to_numpy_map(target), self.with_hce, self.with_boundary)
             self.add_scores(scores, names[i] if names else None)
 
     def add_scores(self, s: ImageScores, name: str | None = None) -> None:

@@ -13,24 +13,21 @@ CVPR 2020 mBA; Cheng et al. CVPR 2021 boundary IoU as BiRefNet's evaluation comp
 
 Speed: a uint8 prediction takes only 256 values, so every pixel-wise quantity except the weighted F-measure
 and HCE is a function of a 512-bin joint histogram (prediction level x gt). MAE, S-measure (object and the
-four region quadrants), adaptive/curve F and E, precision/recall, IoU/Dice come from a few ``bincount``s;
-the weighted F-measure runs its exact nearest-foreground transform only over the foreground's bounding box
-(plus the 7x7 window), and HCE skeletonises only ground-truth components that contain a missed pixel,
-with an optional cache for skeletons of masks seen before.
+four region quadrants), adaptive/curve F and E, precision/recall, IoU/Dice come from a few ``bincount``s.
+The weighted F-measure's exact feature transform and HCE's skeleton are compiled kernels
+(:mod:`birefnet.metrics.kernels`) that reproduce scipy's and scikit-image's results pixel for pixel.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.ndimage import distance_transform_edt
-from skimage.morphology import skeletonize
 
-__all__ = ["EPS", "ImageScores", "SkeletonCache", "boundary_iou_curve", "hce", "image_scores", "mba"]
+from birefnet.metrics.kernels import foreground_profile, quadrant_histograms, skeletonize, weighted_f_terms
+
+__all__ = ["EPS", "ImageScores", "boundary_iou_curve", "hce", "image_scores", "mba"]
 
 EPS = np.spacing(1)
 BETA2 = 0.3
@@ -40,7 +37,7 @@ _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)  # skimage disk(1
 def _quantise(pred: np.ndarray) -> np.ndarray:
     pred = np.asarray(pred)
     if pred.dtype == np.uint8:
-        return pred
+        return np.ascontiguousarray(pred)
     if pred.dtype == bool:
         return pred.astype(np.uint8) * 255
     return np.floor(np.clip(pred.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -49,7 +46,7 @@ def _quantise(pred: np.ndarray) -> np.ndarray:
 def _binary_gt(gt: np.ndarray) -> np.ndarray:
     gt = np.asarray(gt)
     if gt.dtype == bool:
-        return gt
+        return np.ascontiguousarray(gt)
     if gt.dtype == np.uint8:
         return gt > 128
     return gt.astype(np.float64) > 128.0 / 255.0
@@ -92,8 +89,19 @@ def _object_score(cnt: np.ndarray, values: np.ndarray) -> float:
     return 2 * mean / (mean**2 + 1 + std + EPS)
 
 
-def _s_measure(codes: np.ndarray, fg: np.ndarray, bg: np.ndarray, p: np.ndarray, g: np.ndarray) -> float:
-    n = g.size
+def _centroid(per_row: np.ndarray, per_col: np.ndarray, nf: int) -> tuple[int, int]:
+    """PySODMetrics' split point: the rounded foreground centroid plus one, (row, column)."""
+    cy = int(np.round((per_row * np.arange(per_row.size)).sum() / nf)) + 1
+    cx = int(np.round((per_col * np.arange(per_col.size)).sum() / nf)) + 1
+    return cy, cx
+
+
+def _s_measure(quadrants: np.ndarray, cy: int, cx: int, p: np.ndarray, shape: tuple[int, int]) -> float:
+    """S-measure (alpha 0.5) from the four quadrant joint histograms split at the centroid (cy, cx)."""
+    hist = quadrants.sum(axis=0).astype(np.float64)
+    bg, fg = hist[:256], hist[256:]
+    h, w = shape
+    n = h * w
     nf = fg.sum()
     y = nf / n
     if y == 0:
@@ -101,26 +109,12 @@ def _s_measure(codes: np.ndarray, fg: np.ndarray, bg: np.ndarray, p: np.ndarray,
     if y == 1:
         return float((fg * p).sum() / n)
     obj = y * _object_score(fg, p) + (1 - y) * _object_score(bg, 1 - p)
-    h, w = g.shape
-    rows, cols = np.count_nonzero(g, axis=1), np.count_nonzero(g, axis=0)
-    cy = int(np.round((rows * np.arange(h)).sum() / nf)) + 1
-    cx = int(np.round((cols * np.arange(w)).sum() / nf)) + 1
-    area = h * w
+    area = n
     weights = [cx * cy / area, cy * (w - cx) / area, (h - cy) * cx / area]
     weights.append(1 - sum(weights))
     region = 0.0
-    for wt, (rs, cs) in zip(
-        weights,
-        [
-            (slice(0, cy), slice(0, cx)),
-            (slice(0, cy), slice(cx, w)),
-            (slice(cy, h), slice(0, cx)),
-            (slice(cy, h), slice(cx, w)),
-        ],
-        strict=True,
-    ):
-        hist = np.bincount(codes[rs, cs].ravel(), minlength=512)
-        region += wt * _ssim_from_hist(hist[256:].astype(np.float64), hist[:256].astype(np.float64), p)
+    for wt, quadrant in zip(weights, quadrants.astype(np.float64), strict=True):
+        region += wt * _ssim_from_hist(quadrant[256:], quadrant[:256], p)
     return float(max(0.0, 0.5 * obj + 0.5 * region))
 
 
@@ -141,100 +135,19 @@ def _enhanced_sum(fg_fg, fg_bg, gt_fg: int, n: int):
     return total
 
 
-def _matlab_gauss(size: int = 7, sigma: float = 5.0) -> np.ndarray:
-    m = (size - 1) / 2
-    y, x = np.ogrid[-m : m + 1, -m : m + 1]
-    h = np.exp(-(x * x + y * y) / (2 * sigma * sigma))
-    h[h < np.finfo(h.dtype).eps * h.max()] = 0
-    return h / h.sum()
+def weighted_f_measure(q: np.ndarray, levels: np.ndarray, g: np.ndarray, beta2: float = 1.0) -> float:
+    """Weighted F-measure (Margolin et al.) of ``levels[q]`` against ``g``; 0 for an empty gt (PySODMetrics).
 
-
-_GAUSS_7 = _matlab_gauss()
-
-
-def weighted_f_measure(pmap: np.ndarray, g: np.ndarray, beta2: float = 1.0) -> float:
-    """Weighted F-measure (Margolin et al.) of a prepared pair; 0 for an empty gt.
-
-    The nearest-foreground indices (scipy's exact transform, whose tie-breaking the metric depends on) are
-    needed only within 3 px of the foreground, so they are computed on the foreground's bounding box plus
-    that margin; distances for the importance weights come from OpenCV's exact Euclidean transform.
+    The nearest-foreground transform, the propagated and smoothed error and the distance weights run in one
+    compiled kernel (:func:`birefnet.metrics.kernels.weighted_f_terms`) with scipy's exact tie-breaking.
     """
     if not g.any():
         return 0.0
-    h, w = g.shape
-    ys, xs = np.nonzero(g.any(axis=1))[0], np.nonzero(g.any(axis=0))[0]
-    y0, y1 = max(0, ys[0] - 3), min(h, ys[-1] + 4)
-    x0, x1 = max(0, xs[0] - 3), min(w, xs[-1] + 4)
-    gc, pc = g[y0:y1, x0:x1], pmap[y0:y1, x0:x1]
-    e = np.abs(pc - gc)
-    idx = distance_transform_edt(~gc, return_distances=False, return_indices=True)
-    et = e.copy()
-    bgc = ~gc
-    et[bgc] = e[idx[0][bgc], idx[1][bgc]]
-    ea = cv2.filter2D(et, cv2.CV_64F, _GAUSS_7, borderType=cv2.BORDER_CONSTANT)
-    min_e_ea = np.where(gc & (ea < e), ea, e)
-    tpw = np.count_nonzero(g) - min_e_ea[gc].sum()
-    r = 1 - min_e_ea[gc].mean()
-    # background: Ew = |pred| * (2 - exp(ln(0.5) / 5 * dist)); only non-zero predictions contribute
-    bg_err = ~g & (pmap > 0)
-    if bg_err.any():
-        dist = cv2.distanceTransform((~g).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        fpw = (pmap[bg_err] * (2 - np.exp(np.log(0.5) / 5 * dist[bg_err].astype(np.float64)))).sum()
-    else:
-        fpw = 0.0
-    p = tpw / (tpw + fpw + EPS)
+    fg_error, n_fg, bg_error = weighted_f_terms(q, levels, g)
+    r = 1 - fg_error / n_fg
+    tpw = n_fg - fg_error
+    p = tpw / (tpw + bg_error + EPS)
     return float((1 + beta2) * r * p / (r + beta2 * p + EPS))
-
-
-class SkeletonCache:
-    """LRU cache of ground-truth skeletons keyed by the mask's bytes (evaluations repeat the same masks)."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._store: OrderedDict[bytes, np.ndarray] = OrderedDict()
-
-    def get(self, key: bytes) -> np.ndarray | None:
-        if key in self._store:
-            self._store.move_to_end(key)
-            return self._store[key]
-        return None
-
-    def put(self, key: bytes, value: np.ndarray) -> None:
-        self._store[key] = value
-        if len(self._store) > self.size:
-            self._store.popitem(last=False)
-
-
-def _skeletonize_components(g: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """``skeletonize(g)`` on the 8-connected components of ``g`` that contain a seed pixel, zero elsewhere.
-
-    Zhang-Suen thinning looks at 3x3 neighbourhoods only, so 8-disconnected components never influence each
-    other and the skeleton can be computed on the seeded components' bounding box alone.
-    """
-    out = np.zeros_like(g)
-    if not seeds.any():
-        return out
-    n, labels = cv2.connectedComponents(g.astype(np.uint8), connectivity=8)
-    wanted = np.zeros(n, bool)
-    wanted[np.unique(labels[seeds & g])] = True
-    wanted[0] = False
-    sub = wanted[labels]
-    ys, xs = np.nonzero(sub.any(axis=1))[0], np.nonzero(sub.any(axis=0))[0]
-    y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
-    out[y0:y1, x0:x1] = skeletonize(np.pad(sub[y0:y1, x0:x1], 1))[1:-1, 1:-1]
-    return out
-
-
-def _gt_skeleton(g: np.ndarray, fn: np.ndarray, cache: SkeletonCache | None) -> np.ndarray:
-    """The gt skeleton where it can matter (components with a missed pixel); cached whole when a cache is given."""
-    if cache is None:
-        return _skeletonize_components(g, fn)
-    key = hashlib.blake2b(np.packbits(g).tobytes() + str(g.shape).encode(), digest_size=16).digest()
-    skeleton = cache.get(key)
-    if skeleton is None:
-        skeleton = _skeletonize_components(g, g)
-        cache.put(key, skeleton)
-    return skeleton
 
 
 def _correction_points(mask: np.ndarray, condition: np.ndarray, epsilon: float) -> int:
@@ -250,6 +163,16 @@ def _correction_points(mask: np.ndarray, condition: np.ndarray, epsilon: float) 
     if not mask.any():
         return 0
     m8 = mask.astype(np.uint8)
+    # An isolated pixel is a one-point contour of its own component: counted as a point or, if it misses
+    # the condition, as an independent region, it costs one correction either way. Counting those directly
+    # spares findContours thousands of tiny contours on speckled maps.
+    neighbourhood = cv2.boxFilter(m8, cv2.CV_8U, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    isolated = (neighbourhood == 1) & mask
+    n_isolated = int(np.count_nonzero(isolated))
+    if n_isolated:
+        m8[isolated] = 0
+        if n_isolated == np.count_nonzero(mask):
+            return n_isolated
     contours, _ = cv2.findContours(m8, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
     cond = cv2.dilate(condition.astype(np.uint8), _CROSS).ravel() > 0
     n_labels, labels = cv2.connectedComponents(m8, connectivity=8)
@@ -261,40 +184,44 @@ def _correction_points(mask: np.ndarray, condition: np.ndarray, epsilon: float) 
     taken = cond[flat] & first
     dependent = np.zeros(n_labels, bool)
     dependent[labels.ravel()[flat[taken]]] = True
-    independent = n_labels - 1 - int(dependent[1:].sum())
+    independent = n_labels - 1 - int(dependent[1:].sum()) + n_isolated
     if not taken.any():
         return independent
-    # run boundaries: changes of `taken` and contour starts
+    # runs of taken points within a contour
     contour_id = np.repeat(np.arange(len(contours)), lengths)
-    starts_mask = taken & np.concatenate([[True], ~taken[:-1] | (contour_id[1:] != contour_id[:-1])])
-    ends_mask = taken & np.concatenate([~taken[1:] | (contour_id[1:] != contour_id[:-1]), [True]])
+    new_contour = np.concatenate([[True], contour_id[1:] != contour_id[:-1]])
+    starts_mask = taken & (new_contour | ~np.concatenate([[False], taken[:-1]]))
+    ends_mask = taken & np.concatenate([new_contour[1:] | ~taken[1:], [True]])
     run_start, run_end = np.nonzero(starts_mask)[0], np.nonzero(ends_mask)[0] + 1
     run_contour = contour_id[run_start]
-    points = 0
-    i, n_runs = 0, len(run_start)
-    while i < n_runs:
-        j = i
-        while j + 1 < n_runs and run_contour[j + 1] == run_contour[i]:
-            j += 1
-        runs = [pts[run_start[k] : run_end[k]] for k in range(i, j + 1)]
-        if len(runs) > 1:
-            a, b = runs[0][0], runs[-1][-1]
-            if max(abs(int(a[0]) - int(b[0])), abs(int(a[1]) - int(b[1]))) == 1:
-                runs[-1] = np.concatenate([runs[-1], runs[0][::-1]])
-                runs = runs[1:]
-        for run in runs:
-            points += (
-                len(run)
-                if len(run) <= 2
-                else len(cv2.approxPolyDP(np.ascontiguousarray(run[:, None, :], dtype=np.int32), epsilon, False))
-            )
-        i = j + 1
+    # the last run of a contour continues into its first (reversed) when their ends are 8-adjacent
+    first_of = np.concatenate([[True], run_contour[1:] != run_contour[:-1]])
+    last_of = np.concatenate([run_contour[1:] != run_contour[:-1], [True]])
+    first_idx, last_idx = np.nonzero(first_of)[0], np.nonzero(last_of)[0]
+    multi = last_idx > first_idx
+    first_idx, last_idx = first_idx[multi], last_idx[multi]
+    a, b = pts[run_start[first_idx]].astype(np.int64), pts[run_end[last_idx] - 1].astype(np.int64)
+    joined = np.abs(a - b).max(axis=1) == 1
+    first_idx, last_idx = first_idx[joined], last_idx[joined]
+    keep = np.ones(len(run_start), bool)
+    keep[first_idx] = False  # absorbed into the contour's last run
+    length = run_end - run_start
+    merged_len = length.copy()
+    merged_len[last_idx] += length[first_idx]
+    absorbed = np.full(len(run_start), -1)
+    absorbed[last_idx] = first_idx
+    # runs of one or two points stay as they are; longer ones are simplified (Douglas-Peucker)
+    points = int(merged_len[keep & (merged_len <= 2)].sum())
+    for k in np.nonzero(keep & (merged_len > 2))[0]:
+        run = pts[run_start[k] : run_end[k]]
+        if absorbed[k] >= 0:
+            j = absorbed[k]
+            run = np.concatenate([run, pts[run_start[j] : run_end[j]][::-1]])
+        points += len(cv2.approxPolyDP(np.ascontiguousarray(run[:, None, :], dtype=np.int32), epsilon, False))
     return points + independent
 
 
-def hce(
-    pred_bin: np.ndarray, g: np.ndarray, relax: int = 5, epsilon: float = 2.0, cache: SkeletonCache | None = None
-) -> int:
+def hce(pred_bin: np.ndarray, g: np.ndarray, relax: int = 5, epsilon: float = 2.0) -> int:
     """Human correction efforts (Qin et al., DIS): polygon points + independent regions for FP and FN."""
     tp, fp, fn = pred_bin & g, pred_bin & ~g, ~pred_bin & g
     union = (g | pred_bin).astype(np.uint8)
@@ -307,15 +234,15 @@ def hce(
     for _ in range(relax):
         fn_ = (cv2.dilate(fn_.astype(np.uint8), _CROSS) > 0) & ~pred_bin
     fn_ &= fn
-    fn_ |= _gt_skeleton(g, fn, cache) & ~tp
+    fn_ |= skeletonize(g) & ~tp
     return _correction_points(fp_, tp | fn_, epsilon) + _correction_points(fn_, ~(tp | fp_ | fn_), epsilon)
 
 
 def mba(pred_raw: np.ndarray, g: np.ndarray) -> float:
     """Mean boundary accuracy (CascadePSP) as BiRefNet computes it: raw pred > 128, 5 radii; NaN without boundary."""
     h, w = g.shape
-    seg = pred_raw > 128
-    gt8 = g.astype(np.uint8)
+    agree = (pred_raw > 128) == g
+    gt8 = g.view(np.uint8)
     max_r = (w + h) / 300
     total = 0.0
     for i in range(5):
@@ -325,7 +252,7 @@ def mba(pred_raw: np.ndarray, g: np.ndarray) -> float:
         n = np.count_nonzero(band)
         if n == 0:
             return float("nan")
-        total += np.count_nonzero(seg[band] == g[band]) / n
+        total += np.count_nonzero(band & agree) / n
     return total / 5
 
 
@@ -341,10 +268,11 @@ def boundary_iou_curve(q_norm: np.ndarray, g: np.ndarray, dilation_ratio: float 
     h, w = g.shape
     d = max(1, round(float(dilation_ratio * np.sqrt(h * h + w * w))))
     pb = _inner_boundary(q_norm, d)
-    gb = _inner_boundary(g.astype(np.uint8) * 255, d) > 128
-    fg = np.bincount(pb[gb], minlength=256)[::-1].cumsum()
-    bg = np.bincount(pb[~gb], minlength=256)[::-1].cumsum()
-    return fg / (max(np.count_nonzero(gb), 1) + bg)
+    gb = _inner_boundary(g.view(np.uint8), d) > 0  # the reference's (255 g) boundary > 128
+    hist = quadrant_histograms(pb, gb, 0, 0)[3]
+    fg = hist[256:][::-1].cumsum()
+    bg = hist[:256][::-1].cumsum()
+    return fg / (max(int(fg[-1]), 1) + bg)
 
 
 @dataclass
@@ -372,7 +300,6 @@ def image_scores(
     gt: np.ndarray,
     with_hce: bool = True,
     with_boundary: bool = True,
-    skeleton_cache: SkeletonCache | None = None,
 ) -> ImageScores:
     """Every metric for one image from shared histograms.
 
@@ -380,7 +307,6 @@ def image_scores(
         pred: uint8 map (0..255) or float probabilities in [0, 1], H x W.
         gt: uint8 (> 128 is foreground), bool or float mask, H x W.
         with_hce / with_boundary: compute HCE / mBA and BIoU (the costlier ones).
-        skeleton_cache: reuse gt skeletons across calls (HCE).
     """
     q = _quantise(pred)
     g = _binary_gt(gt)
@@ -389,13 +315,15 @@ def image_scores(
     n = g.size
     lo, hi, _, _ = cv2.minMaxLoc(q)
     p = _levels(int(lo), int(hi))
-    codes = q.astype(np.intp) + (g.astype(np.intp) << 8)
-    hist = np.bincount(codes.ravel(), minlength=512).astype(np.float64)
+    per_row, per_col = foreground_profile(g)
+    nf = int(per_row.sum())
+    cy, cx = _centroid(per_row, per_col, nf) if 0 < nf < n else (0, 0)
+    quadrants = quadrant_histograms(q, g, cy, cx)
+    hist = quadrants.sum(axis=0).astype(np.float64)
     bg, fg = hist[:256], hist[256:]
-    nf = int(fg.sum())
 
     mae = ((bg * p).sum() + (fg * (1 - p)).sum()) / n
-    sm = _s_measure(codes, fg, bg, p, g)
+    sm = _s_measure(quadrants, cy, cx, p, g.shape)
 
     # adaptive threshold: pred >= min(2 mean, 1)
     thr = min(2 * (hist[:256] + hist[256:]) @ p / n, 1)
@@ -426,12 +354,12 @@ def image_scores(
     iou = b_tp / (b_tp + b_fp + b_fn) if b_tp + b_fp + b_fn else 0.0
     dice = 2 * b_tp / (2 * b_tp + b_fp + b_fn) if b_tp + b_fp + b_fn else 0.0
 
-    pmap = p[q]
-    wfm = weighted_f_measure(pmap, g)
-    hce_value = float(hce(half[q], g, cache=skeleton_cache)) if with_hce else float("nan")
+    wfm = weighted_f_measure(q, p, g)
+    # p is non-decreasing in the level, so "p > 0.5" is "q >= the first level above one half"
+    hce_value = float(hce(q >= np.searchsorted(p, 0.5, side="right"), g)) if with_hce else float("nan")
     if with_boundary:
         mba_value = mba(q, g)
-        biou = boundary_iou_curve(qn[q], g)
+        biou = boundary_iou_curve(cv2.LUT(q, qn), g)
     else:
         mba_value, biou = float("nan"), np.full(256, np.nan)
     return ImageScores(
