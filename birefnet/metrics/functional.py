@@ -223,16 +223,19 @@ def _correction_points(mask: np.ndarray, condition: np.ndarray, epsilon: float) 
 
 def hce(pred_bin: np.ndarray, g: np.ndarray, relax: int = 5, epsilon: float = 2.0) -> int:
     """Human correction efforts (Qin et al., DIS): polygon points + independent regions for FP and FN."""
-    tp, fp, fn = pred_bin & g, pred_bin & ~g, ~pred_bin & g
-    union = (g | pred_bin).astype(np.uint8)
+    pred_bin, g = np.ascontiguousarray(pred_bin, dtype=bool), np.ascontiguousarray(g, dtype=bool)
+    not_g, not_pred = ~g, ~pred_bin
+    tp, fp, fn = pred_bin & g, pred_bin & not_g, not_pred & g
+    union = (g | pred_bin).view(np.uint8)
     union_eroded = cv2.erode(union, _CROSS, iterations=relax) > 0
+    # errors deep inside the union, grown back by `relax` steps within the error region they belong to
     fp_ = fp & union_eroded
-    for _ in range(relax):
-        fp_ = (cv2.dilate(fp_.astype(np.uint8), _CROSS) > 0) & ~g
+    for _ in range(relax if fp_.any() else 0):
+        fp_ = (cv2.dilate(fp_.view(np.uint8), _CROSS) > 0) & not_g
     fp_ &= fp
     fn_ = fn & union_eroded
-    for _ in range(relax):
-        fn_ = (cv2.dilate(fn_.astype(np.uint8), _CROSS) > 0) & ~pred_bin
+    for _ in range(relax if fn_.any() else 0):
+        fn_ = (cv2.dilate(fn_.view(np.uint8), _CROSS) > 0) & not_pred
     fn_ &= fn
     fn_ |= skeletonize(g) & ~tp
     return _correction_points(fp_, tp | fn_, epsilon) + _correction_points(fn_, ~(tp | fp_ | fn_), epsilon)
@@ -257,10 +260,15 @@ def mba(pred_raw: np.ndarray, g: np.ndarray) -> float:
 
 
 def _inner_boundary(mask: np.ndarray, dilation: int) -> np.ndarray:
-    """``mask - erode(mask, 3x3, dilation times)`` with a zero border (boundary-iou-api's mask_to_boundary)."""
+    """``mask - erode(mask, 3x3, dilation times)`` with a zero border (boundary-iou-api's mask_to_boundary).
+
+    Eroding ``dilation`` times with 3x3 is one erosion with a (2 dilation + 1) square, done as a row and a
+    column pass (the minimum is separable): the same values, three times faster.
+    """
     padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=dilation)[1:-1, 1:-1]
-    return mask - eroded
+    size = 2 * dilation + 1
+    eroded = cv2.erode(cv2.erode(padded, np.ones((1, size), np.uint8)), np.ones((size, 1), np.uint8))
+    return mask - eroded[1:-1, 1:-1]
 
 
 def boundary_iou_curve(q_norm: np.ndarray, g: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarray:

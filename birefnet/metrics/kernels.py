@@ -74,9 +74,9 @@ def _thin(img: np.ndarray, lut: np.ndarray, border: np.ndarray) -> None:
 
     Each sub-iteration decides on the image as it found it, then removes. Only listed pixels are examined:
     at first ``border``, the flat indices of the set pixels that touch the background (a pixel with eight
-    set neighbours is never removed),
-    later also every set neighbour of a removed pixel. A pixel kept by both kinds of sub-iteration with an
-    unchanged neighbourhood leaves the list until a neighbour is removed: its decisions cannot change.
+    set neighbours is never removed), later also every set neighbour of a removed pixel. A pixel kept by
+    both kinds of sub-iteration with an unchanged neighbourhood leaves the list until a neighbour is
+    removed: its decisions cannot change.
     """
     h, w = img.shape
     flat = img.ravel()
