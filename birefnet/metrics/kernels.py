@@ -3,10 +3,10 @@
 Each kernel reproduces the exact result of the library PySODMetrics relies on, including tie-breaking,
 because HCE and the weighted F-measure depend on it to the last pixel:
 
-* :func:`skeletonize` is scikit-image's (>= 0.25) Zhang-Suen thinning, ``skimage.morphology.skeletonize``
-  for 2-D masks. Instead of rescanning the whole image every sub-iteration, it examines only the pixels
-  whose neighbourhood can have changed, so the cost follows the number of removals, not the area times
-  the object thickness.
+* :func:`skeletonize` is scikit-image's Zhang-Suen thinning, ``skimage.morphology.skeletonize`` for 2-D
+  masks (the lookup table of scikit-image 0.25.2 and 0.26.0, the versions checked). Instead of rescanning
+  the whole image every sub-iteration, it examines only the pixels whose neighbourhood can have changed,
+  so the cost follows the number of removals, not the area times the object thickness.
 * :func:`nearest_foreground` is scipy's exact Euclidean feature transform
   (``scipy.ndimage.distance_transform_edt(~mask, return_indices=True)``, Maurer et al. 2003 as scipy
   implements it): a column pass that keeps the upper of two equidistant features, then a row pass with
@@ -41,8 +41,9 @@ __all__ = [
 
 # Zhang-Suen removal classes of scikit-image's lookup table, indexed by the 8-neighbourhood code
 # NW=1, N=2, NE=4, E=8, SE=16, S=32, SW=64, W=128: class 1 is removed in the first sub-iteration, 2 in
-# the second, 3 in both. scikit-image 0.25 changed codes 48 (S+SE) and 129 (W+NW) from removable to kept
-# (line ends survive); scikit-image < 0.25 skeletons, and HCE computed with them, differ on such ends.
+# the second, 3 in both. This is the table of scikit-image 0.25.2 / 0.26.0; older releases published a table
+# that also removed codes 48 (S+SE, class 2) and 129 (W+NW, class 1), so their skeletons, and HCE computed
+# with them, can differ at such line ends.
 _REMOVAL_CODES = {
     1: (3, 6, 11, 12, 14, 131, 134, 143, 159, 161, 194, 198, 207, 227, 231, 243),
     2: (24, 26, 56, 62, 63, 96, 104, 108, 126, 176, 192, 224, 248, 249, 252),
@@ -126,7 +127,7 @@ def _thin(img: np.ndarray, lut: np.ndarray, border: np.ndarray) -> None:
 
 
 def skeletonize(mask: np.ndarray) -> np.ndarray:
-    """``skimage.morphology.skeletonize`` (Zhang-Suen, scikit-image >= 0.25) of a 2-D mask, as bool."""
+    """``skimage.morphology.skeletonize`` (Zhang-Suen, scikit-image 0.25.2 / 0.26.0) of a 2-D mask, as bool."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"skeletonize expects a 2-D mask, got shape {mask.shape}")
@@ -333,6 +334,9 @@ def weighted_f_terms(q: np.ndarray, levels: np.ndarray, fg: np.ndarray) -> tuple
     ones) and smoothed with MATLAB's 7x7, sigma 5 Gaussian (zero padding), and background errors are
     weighted by ``2 - exp(ln(0.5) / 5 * distance to the foreground)``.
     """
+    fg = np.ascontiguousarray(fg, dtype=bool)
+    if not fg.any():
+        raise ValueError("weighted_f_terms needs a non-empty foreground (the measure is 0 without one).")
     return _weighted_f_terms(
         np.ascontiguousarray(q, dtype=np.uint8),
         np.ascontiguousarray(levels, dtype=np.float64),
