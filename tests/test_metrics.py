@@ -203,3 +203,24 @@ def test_compiled_weighted_f_measure_equals_the_formula_on_odd_shapes():
         levels = np.arange(256) / 255.0
         ours = weighted_f_measure(q, levels, mask)
         assert abs(ours - _weighted_f_reference(levels[q], mask)) <= 1e-9, mask.shape
+
+
+def test_contour_tree_components_match_connected_components():
+    """HCE assigns every contour to its component through the RETR_TREE hierarchy instead of labelling."""
+    from birefnet.metrics.functional import _component_of_contour
+
+    rings = np.zeros((40, 40), bool)
+    for k, width in enumerate((18, 14, 10, 6, 2)):  # nested rings: components inside holes inside components
+        rings[20 - width : 20 + width, 20 - width : 20 + width] = k % 2 == 0
+    for mask in [rings, *(_kernel_masks(seed=5))]:
+        m8 = mask.astype(np.uint8)
+        if not m8.any():
+            continue
+        contours, hierarchy = cv2.findContours(m8, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
+        n_labels, labels = cv2.connectedComponents(m8, connectivity=8)
+        component = _component_of_contour(hierarchy[0][:, 3])
+        assert len(np.unique(component)) == n_labels - 1
+        for contour, outer in zip(contours, component, strict=True):
+            x, y = contour[:, 0, 0], contour[:, 0, 1]
+            ox, oy = contours[outer][0, 0]
+            assert (labels[y, x] == labels[oy, ox]).all()

@@ -150,6 +150,20 @@ def weighted_f_measure(q: np.ndarray, levels: np.ndarray, g: np.ndarray, beta2: 
     return float((1 + beta2) * r * p / (r + beta2 * p + EPS))
 
 
+def _component_of_contour(parent: np.ndarray) -> np.ndarray:
+    """Index of the outer border each contour of a RETR_TREE hierarchy belongs to (itself for outer borders).
+
+    Depth 0, 2, 4 ... are outer borders of components, odd depths their holes.
+    """
+    depth = np.zeros(len(parent), np.int64)
+    ancestor = parent.copy()
+    while (ancestor >= 0).any():
+        inside = ancestor >= 0
+        depth[inside] += 1
+        ancestor[inside] = parent[ancestor[inside]]
+    return np.where(depth % 2 == 0, np.arange(len(parent)), parent)
+
+
 def _correction_points(mask: np.ndarray, condition: np.ndarray, epsilon: float) -> int:
     """Polygon points on the mask's boundary where it meets the condition map, plus independent regions.
 
@@ -173,22 +187,24 @@ def _correction_points(mask: np.ndarray, condition: np.ndarray, epsilon: float) 
         m8[isolated] = 0
         if n_isolated == np.count_nonzero(mask):
             return n_isolated
-    contours, _ = cv2.findContours(m8, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
-    cond = cv2.dilate(condition.astype(np.uint8), _CROSS).ravel() > 0
-    n_labels, labels = cv2.connectedComponents(m8, connectivity=8)
+    contours, hierarchy = cv2.findContours(m8, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
+    cond = cv2.dilate(condition.view(np.uint8), _CROSS).ravel() > 0
     lengths = np.fromiter((len(c) for c in contours), np.int64, len(contours))
     pts = np.concatenate(contours)[:, 0, :]
     flat = pts[:, 1].astype(np.int64) * mask.shape[1] + pts[:, 0]
     first = np.zeros(len(flat), bool)
     first[np.unique(flat, return_index=True)[1]] = True
     taken = cond[flat] & first
-    dependent = np.zeros(n_labels, bool)
-    dependent[labels.ravel()[flat[taken]]] = True
-    independent = n_labels - 1 - int(dependent[1:].sum()) + n_isolated
+    contour_id = np.repeat(np.arange(len(contours)), lengths)
+    # The contour tree alternates outer borders (one per 8-connected component) and hole borders, whose
+    # component is their parent's: a component is independent when none of its borders has a taken point.
+    component = _component_of_contour(hierarchy[0][:, 3])
+    dependent = np.zeros(len(contours), bool)
+    dependent[component[contour_id[taken]]] = True
+    independent = int((component == np.arange(len(contours))).sum() - dependent.sum()) + n_isolated
     if not taken.any():
         return independent
     # runs of taken points within a contour
-    contour_id = np.repeat(np.arange(len(contours)), lengths)
     new_contour = np.concatenate([[True], contour_id[1:] != contour_id[:-1]])
     starts_mask = taken & (new_contour | ~np.concatenate([[False], taken[:-1]]))
     ends_mask = taken & np.concatenate([new_contour[1:] | ~taken[1:], [True]])
