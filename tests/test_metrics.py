@@ -224,3 +224,16 @@ def test_contour_tree_components_match_connected_components():
             x, y = contour[:, 0, 0], contour[:, 0, 1]
             ox, oy = contours[outer][0, 0]
             assert (labels[y, x] == labels[oy, ox]).all()
+
+
+def test_add_scores_counts_as_an_update(recwarn):
+    """Scores from worker processes: no "compute before update" warning, and no stale cached compute()."""
+    metric = DISMetrics()
+    first = image_scores(*_pair(ORACLE["images"][0]["name"]))
+    metric.add_scores(first)
+    mae_one = float(metric.compute()["MAE"])
+    metric.add_scores(image_scores(*_pair(ORACLE["images"][1]["name"])))
+    mae_two = float(metric.compute()["MAE"])
+    assert mae_one == pytest.approx(first.mae)
+    assert mae_two == pytest.approx((ORACLE["images"][0]["mae"] + ORACLE["images"][1]["mae"]) / 2)
+    assert not [w for w in recwarn if "before the ``update``" in str(w.message)]

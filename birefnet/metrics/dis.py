@@ -74,10 +74,18 @@ class DISMetrics(Metric):
             raise ValueError(f"{len(preds)} predictions but {len(targets)} targets.")
         for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
             scores = image_scores(to_numpy_map(pred), to_numpy_map(target), self.with_hce, self.with_boundary)
-            self.add_scores(scores, names[i] if names else None)
+            self._accumulate(scores, names[i] if names else None)
 
     def add_scores(self, s: ImageScores, name: str | None = None) -> None:
-        """Accumulate one image's scores (computed elsewhere, e.g. in a worker process)."""
+        """Accumulate one image's scores (computed elsewhere, e.g. in a worker process).
+
+        Counts as an update for torchmetrics: a cached ``compute()`` result is dropped.
+        """
+        self._update_count += 1
+        self._computed = None
+        self._accumulate(s, name)
+
+    def _accumulate(self, s: ImageScores, name: str | None) -> None:
         if self.keep_per_image:
             self.per_image.append((name or str(len(self.per_image)), s.mae, s.sm))
         for key in SCALARS:
