@@ -256,13 +256,28 @@ def _score_pair(pair: tuple[np.ndarray, np.ndarray]):
     return image_scores(*pair)
 
 
+def _folder_pairs(pred_dir: str, gt_dir: str, limit: int) -> list[tuple[Path, Path]]:
+    """Up to ``limit`` (prediction, mask) pairs matched by stem, e.g. a model's saved predictions of a test set."""
+    masks = {p.stem: p for p in Path(gt_dir).glob("*.png")}
+    pairs = [(p, masks[p.stem]) for p in sorted(Path(pred_dir).glob("*.png")) if p.stem in masks]
+    if not pairs:
+        raise FileNotFoundError(f"No prediction in {pred_dir} has a mask of the same stem in {gt_dir}.")
+    return pairs[:limit]
+
+
 def bench_metrics(
-    images: int = 20, size: int = 1024, reference_python: str | None = None, workers: int | None = None
+    images: int = 20,
+    size: int = 1024,
+    reference_python: str | None = None,
+    workers: int | None = None,
+    pred_dir: str | None = None,
+    gt_dir: str | None = None,
 ) -> list[dict]:
     """Per-image time of the full suite here vs PySODMetrics (MAE, S, E, F, wF, HCE) on the same files.
 
-    PNG decoding is excluded everywhere; the multi-process row is the wall time of scoring all pairs
-    (sent to the workers as arrays) divided by their number.
+    The files are ``images`` synthetic size x size pairs, or with ``pred_dir`` and ``gt_dir`` the first
+    ``images`` predictions there with their masks. PNG decoding is excluded everywhere; the multi-process
+    row is the wall time of scoring all pairs (sent to the workers as arrays) divided by their number.
     """
     import cv2
 
@@ -271,7 +286,12 @@ def bench_metrics(
     threads = os.environ.copy()
     threads.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = _synthetic_pairs(Path(tmp), images, size)
+        if pred_dir or gt_dir:
+            if not (pred_dir and gt_dir):
+                raise ValueError("Give both --pred-dir and --gt-dir.")
+            pairs = _folder_pairs(pred_dir, gt_dir, images)
+        else:
+            pairs = _synthetic_pairs(Path(tmp), images, size)
         loaded = [(cv2.imread(str(p), 0), cv2.imread(str(g), 0)) for p, g in pairs]
         for pred, gt in loaded:  # compile / load the kernels, warm the allocator
             image_scores(pred, gt)
@@ -387,6 +407,8 @@ def main(argv: list[str] | None = None) -> None:
     mt.add_argument("--size", type=int, default=1024)
     mt.add_argument("--reference-python", default=None, help="interpreter with pysodmetrics installed")
     mt.add_argument("--workers", type=int, default=None)
+    mt.add_argument("--pred-dir", default=None, help="time saved predictions (PNG) instead of synthetic pairs")
+    mt.add_argument("--gt-dir", default=None, help="their masks, matched by file stem")
     mem = sub.add_parser("memory", help="activation memory kept for backward (meta device, no GPU needed)")
     mem.add_argument("--backbone", default="swin_v1_l")
     mem.add_argument("--size", type=int, default=1024)
@@ -417,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "memory":
         rows = bench_activation_memory(args.backbone, args.size)
     elif command == "metrics":
-        rows = bench_metrics(args.images, args.size, args.reference_python, args.workers)
+        rows = bench_metrics(args.images, args.size, args.reference_python, args.workers, args.pred_dir, args.gt_dir)
     else:
         rows = bench_data(args.samples)
     title = f"birefnet.bench {command} on {machine()} (torch {torch.__version__})"

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from birefnet.bench import bench_data, bench_metrics, bench_model
 from tests.conftest import ROOT
 
@@ -23,6 +25,11 @@ def test_model_bench_tiny_cpu():
 def test_metrics_and_data_bench_small():
     rows = bench_metrics(images=2, size=128, workers=1)
     assert rows[0]["ms / image"] > 0
+    masks = ROOT / "data" / "sample" / "ECSSD-TE" / "gt"
+    rows = bench_metrics(images=3, workers=1, pred_dir=str(masks), gt_dir=str(masks))  # saved predictions
+    assert len(rows) == 2 and rows[1]["ms / image"] > 0
+    with pytest.raises(FileNotFoundError, match="has a mask"):
+        bench_metrics(images=3, workers=1, pred_dir=str(masks), gt_dir=str(masks.parent / "im"))
     rows = bench_data(samples=3)
     assert rows[0]["samples/s per core"] > 0
 
