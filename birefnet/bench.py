@@ -343,6 +343,55 @@ def bench_metrics(
     return rows
 
 
+def bench_metric_parts(images: int = 20, size: int = 1024) -> list[dict]:
+    """Where the suite's time goes: each stage alone on the synthetic pairs of :func:`bench_metrics`, next to
+    scipy's feature transform and scikit-image's skeleton (when installed) that the kernels reproduce."""
+    import cv2
+
+    from birefnet.metrics import functional as F
+    from birefnet.metrics import kernels as K
+
+    def best_of_3(fn) -> float:
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            best = min(best, (time.perf_counter() - t) * 1000)
+        return best
+
+    stages = {
+        "all pixel-wise metrics incl. wF (no HCE, mBA, BIoU)": lambda q, g, p: F.image_scores(
+            q, g, with_hce=False, with_boundary=False
+        ),
+        "weighted F-measure (kernel, incl. feature transform)": lambda q, g, p: F.weighted_f_measure(q, p, g),
+        "feature transform (kernel)": lambda q, g, p: K.nearest_foreground(g),
+        "skeleton (kernel)": lambda q, g, p: K.skeletonize(g),
+        "HCE (incl. skeleton)": lambda q, g, p: F.hce(q >= np.searchsorted(p, 0.5, side="right"), g),
+        "mBA": lambda q, g, p: F.mba(q, g),
+        "BIoU curve": lambda q, g, p: F.boundary_iou_curve(q, g),
+    }
+    try:
+        from scipy.ndimage import distance_transform_edt
+        from skimage.morphology import skeletonize
+
+        stages["scipy distance_transform_edt(return_indices=True)"] = lambda q, g, p: distance_transform_edt(
+            ~g, return_indices=True
+        )
+        stages["skimage.morphology.skeletonize"] = lambda q, g, p: skeletonize(g)
+    except ImportError:
+        pass
+    K.compile_kernels()
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = []
+        for pred_path, gt_path in _synthetic_pairs(Path(tmp), images, size):
+            q, g = cv2.imread(str(pred_path), 0), cv2.imread(str(gt_path), 0) > 128
+            loaded.append((q, g, F._levels(int(q.min()), int(q.max()))))
+    return [
+        {"stage": name, "ms / image": statistics.median(best_of_3(lambda a=a, fn=fn: fn(*a)) for a in loaded)}
+        for name, fn in stages.items()
+    ]
+
+
 # -- data ----------------------------------------------------------------------------------------------------
 def bench_data(samples: int = 60, source: str | None = None) -> list[dict]:
     """Training pipeline (decode, resize, reference augmentations, normalise) on one core, 2048x1536 JPEGs."""
@@ -409,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     mt.add_argument("--workers", type=int, default=None)
     mt.add_argument("--pred-dir", default=None, help="time saved predictions (PNG) instead of synthetic pairs")
     mt.add_argument("--gt-dir", default=None, help="their masks, matched by file stem")
+    mt.add_argument("--parts", action="store_true", help="time each stage instead (synthetic pairs)")
     mem = sub.add_parser("memory", help="activation memory kept for backward (meta device, no GPU needed)")
     mem.add_argument("--backbone", default="swin_v1_l")
     mem.add_argument("--size", type=int, default=1024)
@@ -439,7 +489,12 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "memory":
         rows = bench_activation_memory(args.backbone, args.size)
     elif command == "metrics":
-        rows = bench_metrics(args.images, args.size, args.reference_python, args.workers, args.pred_dir, args.gt_dir)
+        if args.parts:
+            rows = bench_metric_parts(args.images, args.size)
+        else:
+            rows = bench_metrics(
+                args.images, args.size, args.reference_python, args.workers, args.pred_dir, args.gt_dir
+            )
     else:
         rows = bench_data(args.samples)
     title = f"birefnet.bench {command} on {machine()} (torch {torch.__version__})"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from birefnet.bench import bench_data, bench_metrics, bench_model
+from birefnet.bench import bench_data, bench_metric_parts, bench_metrics, bench_model
 from tests.conftest import ROOT
 
 
@@ -30,6 +30,8 @@ def test_metrics_and_data_bench_small():
     assert len(rows) == 2 and rows[1]["ms / image"] > 0
     with pytest.raises(FileNotFoundError, match="has a mask"):
         bench_metrics(images=3, workers=1, pred_dir=str(masks), gt_dir=str(masks.parent / "im"))
+    parts = {row["stage"]: row["ms / image"] for row in bench_metric_parts(images=1, size=64)}
+    assert parts["skeleton (kernel)"] > 0 and "skimage.morphology.skeletonize" in parts
     rows = bench_data(samples=3)
     assert rows[0]["samples/s per core"] > 0
 

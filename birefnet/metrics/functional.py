@@ -97,10 +97,11 @@ def _centroid(per_row: np.ndarray, per_col: np.ndarray, nf: int) -> tuple[int, i
     return cy, cx
 
 
-def _s_measure(quadrants: np.ndarray, cy: int, cx: int, p: np.ndarray, shape: tuple[int, int]) -> float:
-    """S-measure (alpha 0.5) from the four quadrant joint histograms split at the centroid (cy, cx)."""
-    hist = quadrants.sum(axis=0).astype(np.float64)
-    bg, fg = hist[:256], hist[256:]
+def _s_measure(
+    quadrants: np.ndarray, fg: np.ndarray, bg: np.ndarray, cy: int, cx: int, p: np.ndarray, shape: tuple[int, int]
+) -> float:
+    """S-measure (alpha 0.5) from the four quadrant joint histograms split at the centroid (cy, cx), whose
+    sum over the quadrants is fg / bg (the per-level counts of foreground / background pixels)."""
     h, w = shape
     n = h * w
     nf = fg.sum()
@@ -348,7 +349,7 @@ def image_scores(
     bg, fg = hist[:256], hist[256:]
 
     mae = ((bg * p).sum() + (fg * (1 - p)).sum()) / n
-    sm = _s_measure(quadrants, cy, cx, p, g.shape)
+    sm = _s_measure(quadrants, fg, bg, cy, cx, p, g.shape)
 
     # adaptive threshold: pred >= min(2 mean, 1)
     thr = min(2 * (hist[:256] + hist[256:]) @ p / n, 1)

@@ -160,14 +160,17 @@ def _column_features(feature: np.ndarray, rows: np.ndarray) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
-def _row_features(r, column_rows, env_col, env_height, env_row, own_site, out_row, out_col, out_dist2) -> None:
+def _row_features(r, column_rows, envelope, out_row, out_col, out_dist2) -> None:
     """Pass 2 along row r (scipy's _VoronoiFT for the last axis): nearest feature of every pixel of the row.
 
     A site is a column c whose pass-1 feature lies at row column_rows[r, c], at squared vertical distance
     height. Sites not on the lower envelope are dropped with scipy's test (in exact integers), then each
     pixel walks the envelope while the next site is strictly closer, so the earlier site wins a tie.
+    ``envelope`` is a 4 x w int64 workspace (site column, height, feature row; envelope index of each
+    foreground column).
     """
     w = column_rows.shape[1]
+    env_col, env_height, env_row, own_site = envelope[0], envelope[1], envelope[2], envelope[3]
     top = -1
     for c in range(w):
         fr = column_rows[r, c]
@@ -219,12 +222,9 @@ def _feature_transform(feature: np.ndarray, rows: np.ndarray, cols: np.ndarray, 
     h, w = feature.shape
     column_rows = np.empty((h, w), np.int32)
     _column_features(feature, column_rows)
-    env_col = np.empty(w, np.int64)
-    env_height = np.empty(w, np.int64)
-    env_row = np.empty(w, np.int64)
-    own_site = np.empty(w, np.int64)
+    envelope = np.empty((4, w), np.int64)
     for r in range(h):
-        _row_features(r, column_rows, env_col, env_height, env_row, own_site, rows[r], cols[r], dist2[r])
+        _row_features(r, column_rows, envelope, rows[r], cols[r], dist2[r])
 
 
 def nearest_foreground(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -269,10 +269,7 @@ def _weighted_f_terms(q, levels, fg, gauss, bg_weight, decay):
     reach = radius * radius
     column_rows = np.empty((h, w), np.int32)
     _column_features(fg, column_rows)
-    env_col = np.empty(w, np.int64)
-    env_height = np.empty(w, np.int64)
-    env_row = np.empty(w, np.int64)
-    own_site = np.empty(w, np.int64)
+    envelope = np.empty((4, w), np.int64)
     near_row = np.empty(w, np.int64)
     near_col = np.empty(w, np.int64)
     near_dist2 = np.empty(w, np.int64)
@@ -287,7 +284,7 @@ def _weighted_f_terms(q, levels, fg, gauss, bg_weight, decay):
     bg_sum = 0.0
     for rr in range(h + radius):
         if rr < h:
-            _row_features(rr, column_rows, env_col, env_height, env_row, own_site, near_row, near_col, near_dist2)
+            _row_features(rr, column_rows, envelope, near_row, near_col, near_dist2)
             for c in range(w):
                 d2 = near_dist2[c]
                 # EA is read on the foreground only: Et matters within `radius` rows and columns of it
@@ -340,7 +337,7 @@ def weighted_f_terms(q: np.ndarray, levels: np.ndarray, fg: np.ndarray) -> tuple
     return _weighted_f_terms(
         np.ascontiguousarray(q, dtype=np.uint8),
         np.ascontiguousarray(levels, dtype=np.float64),
-        np.ascontiguousarray(fg, dtype=bool),
+        fg,
         _GAUSS_1D,
         _BG_WEIGHT,
         _DECAY,
