@@ -1,15 +1,26 @@
-"""Training callbacks."""
+"""Training callbacks, and the checkpoint writer that makes every checkpoint file appear complete or not at all."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["FinetuneLossSchedule", "RNGStateCheckpoint", "ema_callback", "finetune_loss_weights"]
+from birefnet.atomic import atomic_path
+from birefnet.errors import ConfigError
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "FinetuneLossSchedule",
+    "RNGStateCheckpoint",
+    "ema_callback",
+    "finetune_loss_weights",
+]
 
 
 def finetune_loss_weights(
@@ -55,6 +66,15 @@ class FinetuneLossSchedule(L.Callback):
     def __init__(
         self, epochs: int, finetune_last_epochs: int = -40, mode: str = "compounding", matting: bool = False
     ) -> None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"trainer.max_epochs must be a whole number >= 1, not {epochs!r}.")
+        if isinstance(finetune_last_epochs, bool) or not isinstance(finetune_last_epochs, int):
+            raise ConfigError(
+                f"callbacks.loss_schedule.finetune_last_epochs must be a whole number (e.g. -40), "
+                f"not {finetune_last_epochs!r}."
+            )
+        if mode not in ("compounding", "once"):
+            raise ConfigError(f"callbacks.loss_schedule.mode must be 'compounding' or 'once', not {mode!r}.")
         self.epochs, self.finetune_last_epochs, self.mode, self.matting = epochs, finetune_last_epochs, mode, matting
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -115,3 +135,21 @@ def ema_callback(decay: float | None = None, update_starting_at_epoch: int | Non
     from lightning.pytorch.callbacks import EMAWeightAveraging
 
     return EMAWeightAveraging(decay=decay, update_starting_at_epoch=update_starting_at_epoch)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but the file is written beside its target and renamed over it when complete.
+
+    A run killed while saving leaves the previous ``last.ckpt`` intact (Lightning's own writer stages through the
+    system temporary folder and copies, which a kill can cut short), so resuming always finds a whole file.
+    Remote paths (``s3://`` ...) keep Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            torch.save(checkpoint, tmp)
+        return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from birefnet.errors import exit_on_user_error
+
 __all__ = ["main"]
 
 
@@ -23,6 +25,7 @@ def _params(args: argparse.Namespace) -> int:
     return 0
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     from birefnet import export, predict
 

@@ -29,8 +29,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from birefnet.data.dataset import find_pairs
-from birefnet.data.io import read_mask
+from birefnet.atomic import atomic_path, atomic_write_text
+from birefnet.data.dataset import find_pairs, problem_listing
+from birefnet.data.io import ImageReadError, read_mask, write_png
+from birefnet.errors import ConfigError, UserError
 from birefnet.lit_module import DISLitModule
 from birefnet.metrics import DISMetrics
 from birefnet.metrics.functional import image_scores
@@ -109,20 +111,28 @@ def _plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]],
             ax.legend(loc="lower left")
         fig.tight_layout()
         path = output_dir / f"curves_{set_name}.png"
-        fig.savefig(path, dpi=110)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
         paths.append(path)
     return paths
 
 
 def _score_pair(job: tuple[str, str, str]):
-    """Worker: read one prediction and its mask, resize the prediction if needed, score it."""
+    """Worker: read one prediction and its mask, resize the prediction if needed, score it.
+
+    Returns ``(name, scores, resized, problem)``; an unreadable file is a problem string, not an exception, so
+    the caller can list every bad file of a set in one message.
+    """
     name, pred_path, gt_path = job
-    gt = read_mask(gt_path)
-    pred = read_mask(pred_path)
+    try:
+        gt = read_mask(gt_path)
+        pred = read_mask(pred_path)
+    except ImageReadError as err:
+        return name, None, False, str(err).split(". ")[0]
     resized = pred.shape != gt.shape
     if resized:
         pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return name, image_scores(pred, gt), resized
+    return name, image_scores(pred, gt), resized, None
 
 
 def evaluate_prediction_folders(
@@ -142,7 +152,13 @@ def evaluate_prediction_folders(
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
         for set_name in sets:
-            samples, _ = find_pairs(data_root, set_name, check_files=False)
+            samples, problems = find_pairs(data_root, set_name, check_files=False)
+            if problems:
+                raise UserError(
+                    f"{len(problems)} problem(s) in the ground truth of {set_name} under {data_root}:\n"
+                    f"{problem_listing(problems)}\nFix or remove these files; prediction folders are scored against "
+                    "every image that has a mask."
+                )
             for method, folder in predictions.items():
                 pred_dir = Path(folder) / set_name
                 if not pred_dir.is_dir():
@@ -160,13 +176,22 @@ def evaluate_prediction_folders(
                 metric = DISMetrics(keep_per_image=True)
                 jobs = [(s.name, str(pred_dir / f"{s.name}.png"), str(s.mask)) for s in samples]
                 scored = pool.map(_score_pair, jobs, chunksize=4) if pool else map(_score_pair, jobs)
-                resized = 0
+                resized, unreadable = 0, []
                 with Progress(transient=True) as progress:
                     task = progress.add_task(f"{set_name} / {method}", total=len(jobs))
-                    for name, scores, was_resized in scored:
-                        metric.add_scores(scores, name)
-                        resized += was_resized
+                    for name, scores, was_resized, problem in scored:
+                        if problem:
+                            unreadable.append(problem)
+                        else:
+                            metric.add_scores(scores, name)
+                            resized += was_resized
                         progress.advance(task)
+                if unreadable:
+                    raise UserError(
+                        f"{len(unreadable)} file(s) of {set_name} / {method} cannot be read:\n  "
+                        + "\n  ".join(unreadable[:50])
+                        + "\nRe-create those predictions (or replace the masks); every image of the set is scored."
+                    )
                 if resized:
                     log.warning(
                         "%s / %s: %d prediction(s) differ in size from their mask; resized to the mask "
@@ -204,7 +229,7 @@ class _EvalModule(DISLitModule):
             out.mkdir(parents=True, exist_ok=True)
             for p, m, name in zip(probs, batch["mask_full"], batch["name"], strict=True):
                 full = torch.nn.functional.interpolate(p[None], size=m.shape[-2:], mode="bilinear", align_corners=True)
-                cv2.imwrite(str(out / f"{name}.png"), (full[0, 0].clamp(0, 1) * 255).byte().cpu().numpy())
+                write_png(out / f"{name}.png", (full[0, 0].clamp(0, 1) * 255).byte().cpu().numpy())
 
 
 def evaluate_checkpoint(cfg: DictConfig, method: str) -> tuple[dict, dict, dict]:
@@ -232,6 +257,18 @@ def evaluate_checkpoint(cfg: DictConfig, method: str) -> tuple[dict, dict, dict]
     return results, curves, worst
 
 
+def _prediction_folders(predictions) -> dict[str, str]:
+    """``predictions`` as ``{method: folder}``; a bare folder or a list is a clear error, not a crash."""
+    if not isinstance(predictions, (dict, DictConfig)) or not all(
+        isinstance(v, str) and v for v in predictions.values()
+    ):
+        raise ConfigError(
+            f"predictions must map method names to folders, e.g. 'predictions={{mine: /path/to/preds}}' or "
+            f"'+predictions.mine=/path/to/preds', not {predictions!r}."
+        )
+    return {str(k): str(v) for k, v in predictions.items()}
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.checkpoint`` and/or ``cfg.predictions``; write tables, plots and worst cases."""
     if not cfg.get("checkpoint") and not cfg.get("predictions"):
@@ -256,7 +293,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.get("predictions"):
         merge(
             evaluate_prediction_folders(
-                dict(cfg.predictions),
+                _prediction_folders(cfg.predictions),
                 cfg.data.root,
                 list(cfg.data.test_sets),
                 cfg.get("worst_cases", 10),
@@ -280,7 +317,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 _print_table(
                     {s: merged[s] for s in results if s in PUBLISHED}, "measured vs published (not measured here)"
                 )
-        (output_dir / "worst_cases.json").write_text(json.dumps(worst, indent=1))
+        atomic_write_text(output_dir / "worst_cases.json", json.dumps(worst, indent=1))
         plots = _plot_curves(curves, output_dir)
         log.info(
             "Results in %s (json/csv/md/tex), published comparison in published.md, plots: %s, worst cases: "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -15,16 +14,12 @@ from birefnet.data.transforms import normalize_batch
 from birefnet.losses import DISLoss
 from birefnet.metrics import DISMetrics
 from birefnet.models.blocks import resize
-from birefnet.models.checkpoint import CONFIG_METADATA_KEY, load_state_dict_strict, read_checkpoint
+from birefnet.models.checkpoint import model_description
+from birefnet.models.state_dict import CONFIG_METADATA_KEY, load_state_dict_strict, read_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DISLitModule", "reference_lr"]
-
-
-def reference_lr(batch_size: int, base: float = 1e-4) -> float:
-    """The reference learning-rate rule ``base * sqrt(batch_size / 4)`` (base 1e-4 for DIS5K, 1e-5 otherwise)."""
-    return base * math.sqrt(batch_size / 4)
+__all__ = ["DISLitModule"]
 
 
 class DISLitModule(L.LightningModule):
@@ -233,7 +228,7 @@ class DISLitModule(L.LightningModule):
     # -- checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The network's constructor arguments, so load_model() rebuilds it from the file alone.
-        checkpoint[CONFIG_METADATA_KEY] = {"class": type(self.net).__name__, **getattr(self.net, "config", {})}
+        checkpoint[CONFIG_METADATA_KEY] = model_description(self.net)
         checkpoint["loss_weights"] = self.loss_weights
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

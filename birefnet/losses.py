@@ -275,7 +275,7 @@ class MultiBCELoss(nn.Module):
         self.gt_encoder = None
         if gt_encoder_checkpoint:
             from birefnet.models import ISNetGTEncoder
-            from birefnet.models.checkpoint import load_state_dict_strict, read_checkpoint
+            from birefnet.models.state_dict import load_state_dict_strict, read_checkpoint
 
             encoder = ISNetGTEncoder()
             sd, _ = read_checkpoint(gt_encoder_checkpoint)

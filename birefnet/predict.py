@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -22,36 +23,81 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from birefnet.data.io import IMAGE_EXTENSIONS, ImageReadError, read_image
+from birefnet.atomic import remove_partials
+from birefnet.data.io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    check_file,
+    png_source,
+    read_image,
+    set_max_image_pixels,
+    write_png,
+)
 from birefnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from birefnet.errors import UserError, exit_on_user_error
 from birefnet.models import load_model
 
 log = logging.getLogger("birefnet")
 
-__all__ = ["PredictionSummary", "Predictor", "collect_inputs", "main", "refine_foreground"]
+__all__ = [
+    "OutputConflictError",
+    "PredictionSummary",
+    "Predictor",
+    "collect_inputs",
+    "main",
+    "output_targets",
+    "plan_outputs",
+    "refine_foreground",
+]
 
 OUTPUT_KINDS = ("mask", "cutout", "composite")
+LAYOUTS = ("relative", "tree")
 
 
-def collect_inputs(inputs: Sequence[str], recursive: bool = False) -> list[tuple[Path, Path]]:
-    """Expand files, folders and globs into ``(file, path relative to its input root)`` pairs, sorted."""
+class OutputConflictError(UserError):
+    """The planned outputs would collide or replace files that are not this tool's outputs for the same input."""
+
+
+def collect_inputs(
+    inputs: Sequence[str], recursive: bool = False, exclude: str | Path | None = None, layout: str = "relative"
+) -> list[tuple[Path, Path]]:
+    """Expand files, folders and globs into ``(file, output-relative path)`` pairs, sorted.
+
+    Args:
+        inputs: files, folders or glob patterns.
+        recursive: descend into sub-folders (and ``**`` in globs).
+        exclude: a folder whose files are never inputs (the output folder, so a rerun does not read its own
+            outputs when it lies inside an input folder).
+        layout: ``"relative"``: a folder's files keep their path relative to that folder, files and glob matches
+            their name; ``"tree"``: every file keeps its path relative to the deepest folder holding all inputs
+            (``dA/x.jpg`` and ``dB/x.jpg`` stay apart).
+    """
+    if layout not in LAYOUTS:
+        raise UserError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}.")
+    skip = Path(exclude).resolve() if exclude is not None else None
     found: dict[Path, Path] = {}
+
+    def add(f: Path, rel: Path) -> None:
+        resolved = f.resolve()
+        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not (skip and resolved.is_relative_to(skip)):
+            found.setdefault(resolved, rel)
+
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            for f in sorted(path.glob(pattern)):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                    found.setdefault(f.resolve(), f.relative_to(path))
+            for f in sorted(path.glob("**/*" if recursive else "*")):
+                add(f, f.relative_to(path))
         elif path.is_file():
-            found.setdefault(path.resolve(), Path(path.name))
+            add(path, Path(path.name))
         else:
             matches = sorted(glob.glob(item, recursive=recursive))
             if not matches:
                 raise FileNotFoundError(f"Input {item} is neither a file, a folder nor a glob that matches anything.")
             for m in matches:
-                if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_EXTENSIONS:
-                    found.setdefault(Path(m).resolve(), Path(Path(m).name))
+                add(Path(m), Path(Path(m).name))
+    if layout == "tree" and found:
+        common = Path(os.path.commonpath([str(f.parent) for f in found]))
+        found = {f: f.relative_to(common) for f in found}
     return sorted(found.items(), key=lambda kv: str(kv[1]))
 
 
@@ -192,8 +238,14 @@ class Predictor:
         background: str | None = None,
         refine: bool = False,
         progress: bool = True,
+        keep_extension: bool = False,
     ) -> PredictionSummary:
-        """Predict every input and write the requested outputs under ``output`` (relative paths kept)."""
+        """Predict every input and write the requested outputs under ``output`` (relative paths kept).
+
+        The whole plan is checked first (:func:`plan_outputs`): nothing is written when two inputs would share an
+        output or an output would replace a file that is not this tool's output for the same input. Every file
+        is written atomically, so an interrupted run leaves only complete outputs, and the rerun skips them.
+        """
         from rich.progress import Progress
 
         unknown = set(kinds) - set(OUTPUT_KINDS)
@@ -206,17 +258,8 @@ class Predictor:
                 bg_image = read_image(background)
             else:
                 bg_color = _parse_color(background or "255,255,255")
-        inputs = list(inputs)
         summary = PredictionSummary()
-        todo = []
-        for src, rel in inputs:
-            targets = self._targets(output, rel, kinds)
-            if any(t.resolve() == Path(src).resolve() for t in targets.values()):
-                raise ValueError(f"Writing the outputs of {src} would overwrite it; choose another --output folder.")
-            if not overwrite and all(t.exists() for t in targets.values()):
-                summary.existing.append(src)
-            else:
-                todo.append((src, rel, targets))
+        todo, summary.existing = plan_outputs(list(inputs), output, kinds, overwrite, keep_extension)
         start = time.perf_counter()
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("predicting", total=len(todo))
@@ -227,39 +270,31 @@ class Predictor:
                         images.append(read_image(src))
                         chunk.append((src, rel, targets))
                     except (ImageReadError, OSError, ValueError) as err:
-                        summary.skipped.append((src, str(err).split("(")[0].strip()))
+                        summary.skipped.append((src, str(err).removeprefix(f"{src}: ").removeprefix(f"{src} ")))
                         bar.advance(task)
                 if not images:
                     continue
-                for (_src, _rel, targets), image, alpha in zip(chunk, images, self.masks(images), strict=True):
-                    self._write(image, alpha, targets, bg_color, bg_image, refine)
+                for (_src, rel, targets), image, alpha in zip(chunk, images, self.masks(images), strict=True):
+                    self._write(image, alpha, targets, bg_color, bg_image, refine, rel.as_posix())
                     summary.written += 1
                     bar.advance(task)
         summary.seconds = time.perf_counter() - start
         return summary
 
     @staticmethod
-    def _targets(output: Path, rel: Path, kinds: Sequence[str]) -> dict[str, Path]:
-        rel = Path(rel.name) if rel.is_absolute() else rel
-        base = output / rel.parent / rel.stem
-        names = {"mask": f"{base}.png", "cutout": f"{base}_cutout.png", "composite": f"{base}_composite.png"}
-        return {k: Path(names[k]) for k in kinds}
-
-    @staticmethod
     def _write(
-        image: np.ndarray, alpha: np.ndarray, targets: dict[str, Path], bg_color, bg_image, refine: bool
+        image: np.ndarray, alpha: np.ndarray, targets: dict[str, Path], bg_color, bg_image, refine: bool, source: str
     ) -> None:
         next(iter(targets.values())).parent.mkdir(parents=True, exist_ok=True)
         mask8 = np.floor(alpha * 255.0).astype(np.uint8)
         a = mask8.astype(np.float32)[..., None] / 255.0
         if "mask" in targets:
-            cv2.imwrite(str(targets["mask"]), mask8)
+            write_png(targets["mask"], mask8, source)
         if "cutout" in targets or "composite" in targets:
             fg = refine_foreground(image, a[..., 0]) if refine else image.astype(np.float32) / 255.0
             fg8 = np.where(mask8[..., None] == 255, image, np.clip(fg * 255.0 + 0.5, 0, 255).astype(np.uint8))
             if "cutout" in targets:
-                rgba = np.dstack([fg8, mask8])
-                cv2.imwrite(str(targets["cutout"]), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+                write_png(targets["cutout"], np.dstack([fg8, mask8]), source)
             if "composite" in targets:
                 h, w = image.shape[:2]
                 bg = (
@@ -268,20 +303,110 @@ class Predictor:
                     else np.broadcast_to(np.array(bg_color, np.float32), (h, w, 3))
                 )
                 comp = fg8.astype(np.float32) * a + bg * (1 - a)
-                cv2.imwrite(
-                    str(targets["composite"]),
-                    cv2.cvtColor(np.clip(comp + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR),
-                )
+                write_png(targets["composite"], np.clip(comp + 0.5, 0, 255).astype(np.uint8), source)
+
+
+def output_targets(output: Path, rel: Path, kinds: Sequence[str], keep_extension: bool = False) -> dict[str, Path]:
+    """Output files of one input: ``<output>/<rel without suffix>{,_cutout,_composite}.png``.
+
+    ``keep_extension`` keeps the input's extension in the name (``a.jpg.png``), so ``a.jpg`` and ``a.png`` differ.
+    """
+    rel = Path(rel.name) if rel.is_absolute() else rel
+    base = output / rel.parent / (rel.name if keep_extension else rel.stem)
+    names = {"mask": f"{base}.png", "cutout": f"{base}_cutout.png", "composite": f"{base}_composite.png"}
+    return {k: Path(names[k]) for k in kinds}
+
+
+def plan_outputs(
+    inputs: Sequence[tuple[Path, Path]],
+    output: str | Path,
+    kinds: Sequence[str],
+    overwrite: bool = False,
+    keep_extension: bool = False,
+) -> tuple[list[tuple[Path, Path, dict[str, Path]]], list[Path]]:
+    """Decide what to write before anything is written: ``(todo, already done)``.
+
+    An output is this tool's when its PNG carries the input's relative path (written by :func:`write_png`); a
+    complete one is "already done" (redone with ``overwrite``). Leftovers of killed writers are removed.
+
+    Raises:
+        OutputConflictError: listing every input pair that would share an output, every output that would
+            replace an input, and every existing file that is not this tool's output for the same input.
+    """
+    output = Path(output)
+    sources = {Path(src).resolve() for src, _ in inputs}
+    claimed: dict[Path, Path] = {}
+    conflicts: list[str] = []
+    todo, existing = [], []
+    for folder in {t.parent for _, rel in inputs for t in output_targets(output, rel, kinds, keep_extension).values()}:
+        remove_partials(folder)
+    for src, rel in inputs:
+        targets = output_targets(output, rel, kinds, keep_extension)
+        done = True
+        for target in targets.values():
+            key = target.resolve()
+            if key in claimed:
+                conflicts.append(f"{claimed[key]} and {src} would both be written to {target}")
+                continue
+            claimed[key] = Path(src)
+            if key in sources:
+                conflicts.append(f"{target} is an input image; writing the outputs of {src} would replace it")
+            elif target.exists():
+                owner = png_source(target)
+                if owner is None:
+                    conflicts.append(f"{target} exists and is not an output of birefnet predict (the input {src})")
+                elif owner != rel.as_posix():
+                    conflicts.append(f"{target} holds the output of another input ({owner}), not of {src}")
+                elif overwrite or check_file(target) is not None:
+                    done = False
+            else:
+                done = False
+        if done:
+            existing.append(Path(src))
+        else:
+            todo.append((Path(src), rel, targets))
+    if conflicts:
+        raise OutputConflictError(
+            f"Nothing was written: {len(conflicts)} conflict(s) in the outputs under {output}:\n  "
+            + "\n  ".join(conflicts[:50])
+            + (f"\n  ... and {len(conflicts) - 50} more" if len(conflicts) > 50 else "")
+            + "\nUse --layout tree to keep each input's folder path (dA/x.png, dB/x.png), --keep-extension to keep "
+            "a.jpg and a.png apart (a.jpg.png, a.png.png), or another --output folder."
+        )
+    return todo, existing
 
 
 def _parse_size(text: str | None):
+    """``None``/``""`` (the model's size), ``"original"``, ``"1024"`` or ``"1024x768"`` (multiples of 32)."""
     if text is None or text == "":
         return None
     if text == "original":
         return "original"
-    parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
-    h, w = (parts[0], parts[0]) if len(parts) == 1 else parts
-    return h, w
+    try:
+        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use 1024, 1024x768 (height x width) or 'original'") from None
+    if len(parts) not in (1, 2) or any(p < 32 or p % 32 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes are positive multiples of 32, e.g. 1024 or 1024x768")
+    return (parts[0], parts[0]) if len(parts) == 1 else tuple(parts)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1")
+    return value
+
+
+def _output_kinds(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in OUTPUT_KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma list of {', '.join(OUTPUT_KINDS)}")
+    return kinds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -291,16 +416,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", required=True, help="output folder (relative paths of folder inputs are kept)")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
-    parser.add_argument("--outputs", default="mask", help="comma list of mask, cutout, composite (default: mask)")
+    parser.add_argument(
+        "--outputs", type=_output_kinds, default=["mask"], help="comma list of mask, cutout, composite (default: mask)"
+    )
     parser.add_argument("--background", default=None, help="composite background: 'R,G,B', hex, or an image file")
     parser.add_argument("--refine-foreground", action="store_true", help="estimate foreground colours at the edges")
-    parser.add_argument("--size", default=None, help="inference size: 1024, 1024x768, or 'original' (rounded to 32)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--size", type=_parse_size, default=None, help="inference size: 1024, 1024x768, or 'original' (rounded to 32)"
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, fp32 on CPU"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--overwrite", action="store_true", help="replace this tool's existing outputs")
+    parser.add_argument(
+        "--layout",
+        default="relative",
+        choices=LAYOUTS,
+        help="relative: folder inputs keep their sub-paths, files their names; tree: every input keeps its path "
+        "below the folder holding all inputs",
+    )
+    parser.add_argument(
+        "--keep-extension", action="store_true", help="name outputs after the whole file name (a.jpg -> a.jpg.png)"
+    )
+    parser.add_argument(
+        "--max-pixels", type=_positive_int, default=None, help="refuse images with more pixels (default ~179 M)"
+    )
     parser.add_argument(
         "--compile",
         default=None,
@@ -313,21 +455,31 @@ def run_from_args(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
-    inputs = collect_inputs(args.inputs, args.recursive)
+    if args.max_pixels:
+        set_max_image_pixels(args.max_pixels)
+    inputs = collect_inputs(args.inputs, args.recursive, exclude=args.output, layout=args.layout)
     if not inputs:
         console.print("No images found in the given inputs.")
         return 1
+    # the plan is checked before the model loads: a conflict costs no time
+    plan_outputs(inputs, args.output, args.outputs, args.overwrite, args.keep_extension)
     precision = args.precision or ("fp16" if torch.cuda.is_available() and args.device in ("auto", "cuda") else "fp32")
     predictor = Predictor(
         args.checkpoint,
-        _parse_size(args.size),
+        args.size,
         args.device,
         precision,
         compile={"mode": args.compile} if args.compile else None,
     )
-    kinds = [k.strip() for k in args.outputs.split(",") if k.strip()]
     summary = predictor.run(
-        inputs, args.output, kinds, args.batch_size, args.overwrite, args.background, args.refine_foreground
+        inputs,
+        args.output,
+        args.outputs,
+        args.batch_size,
+        args.overwrite,
+        args.background,
+        args.refine_foreground,
+        keep_extension=args.keep_extension,
     )
     for src, why in summary.skipped:
         console.print(f"skipped {src}: {why}")
@@ -335,6 +487,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="birefnet predict", description=__doc__.split("\n\n")[0])
     add_arguments(parser)

@@ -12,6 +12,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from birefnet.atomic import atomic_write_text
+
 log = logging.getLogger("birefnet")
 
 __all__ = ["instantiate_dict", "log", "metrics_table", "save_config", "write_results"]
@@ -45,7 +47,7 @@ def instantiate_dict(cfg: DictConfig | None) -> list:
 @rank_zero_only
 def save_config(cfg: DictConfig, output_dir: str | Path) -> None:
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(Path(output_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def _fmt(key: str, value: float) -> str:
@@ -77,7 +79,7 @@ def write_results(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     plain = {s: {m: {k: float(v) for k, v in vals.items()} for m, vals in ms.items()} for s, ms in results.items()}
-    (out / f"{stem}.json").write_text(json.dumps(plain, indent=2))
+    atomic_write_text(out / f"{stem}.json", json.dumps(plain, indent=2))
     keys = sorted(
         {k for ms in plain.values() for vals in ms.values() for k in vals},
         key=lambda k: (METRIC_ORDER.index(k) if k in METRIC_ORDER else 99, k),
@@ -88,9 +90,9 @@ def write_results(
         for s, ms in plain.items()
         for m, vals in ms.items()
     ]
-    (out / f"{stem}.csv").write_text("\n".join(csv) + "\n")
-    (out / f"{stem}.md").write_text(metrics_table(plain, "markdown"))
-    (out / f"{stem}.tex").write_text(metrics_table(plain, "latex"))
+    atomic_write_text(out / f"{stem}.csv", "\n".join(csv) + "\n")
+    atomic_write_text(out / f"{stem}.md", metrics_table(plain, "markdown"))
+    atomic_write_text(out / f"{stem}.tex", metrics_table(plain, "latex"))
     return out / f"{stem}.json"
 
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from birefnet.data import DISDataset
+from birefnet.data.io import png_source
 from birefnet.data.transforms import eval_transform
 from birefnet.export import export_onnx
 from birefnet.losses import DISLoss
@@ -131,13 +132,14 @@ def test_corrupt_input_is_skipped_and_reported(tiny_checkpoint, tmp_path):
 def test_existing_outputs_are_kept_without_overwrite(tiny_checkpoint, tmp_path):
     folder = _inputs(tmp_path, ["0005"])
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "0005.png").write_bytes(b"keep me")
     predictor = Predictor(tiny_checkpoint, size=(64, 64))
-    summary = predictor.run(collect_inputs([str(folder)]), out, ["mask"], progress=False)
-    assert summary.written == 0 and len(summary.existing) == 1 and (out / "0005.png").read_bytes() == b"keep me"
-    predictor.run(collect_inputs([str(folder)]), out, ["mask"], overwrite=True, progress=False)
-    assert (out / "0005.png").read_bytes() != b"keep me"
+    first = predictor.run(collect_inputs([str(folder)]), out, ["mask"], progress=False)
+    assert first.written == 1
+    stamp = (out / "0005.png").stat().st_mtime_ns
+    again = predictor.run(collect_inputs([str(folder)]), out, ["mask"], progress=False)
+    assert again.written == 0 and len(again.existing) == 1 and (out / "0005.png").stat().st_mtime_ns == stamp
+    redo = predictor.run(collect_inputs([str(folder)]), out, ["mask"], overwrite=True, progress=False)
+    assert redo.written == 1 and png_source(out / "0005.png") == "0005.jpg"
 
 
 def test_cli_predict_recursive_glob_and_original_size(tiny_checkpoint, tmp_path):

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from birefnet.data.dataset import DISDataset, parse_sets
+from birefnet.data.dataset import DatasetValidationError, DISDataset, parse_sets, problem_listing
+from birefnet.data.io import set_max_image_pixels
 from birefnet.data.transforms import REFERENCE_AUGMENTATIONS, eval_transform, train_transform
+from birefnet.errors import ConfigError
 
 __all__ = ["DISDataModule", "DynamicSizeCollate", "eval_collate"]
 
@@ -70,6 +72,8 @@ class DISDataModule(L.LightningDataModule):
         skip_invalid: skip broken files with a warning instead of stopping.
         fast_decode: decode large JPEGs at reduced size when still >= the training size.
         num_workers / pin_memory: loader settings.
+        max_image_pixels: refuse files declaring more pixels than this (``None``: the default of
+            :func:`birefnet.data.io.max_image_pixels`, about 179 MPixel).
     """
 
     def __init__(
@@ -92,15 +96,20 @@ class DISDataModule(L.LightningDataModule):
         fast_decode: bool = True,
         num_workers: int = 4,
         pin_memory: bool = True,
+        max_image_pixels: int | None = None,
     ) -> None:
         super().__init__()
+        size = _check_size(size, "data.size")
+        batch_size = _check_positive(batch_size, "data.batch_size")
+        eval_batch_size = _check_positive(eval_batch_size, "data.eval_batch_size")
+        num_workers = _check_positive(num_workers, "data.num_workers", zero_ok=True)
+        if max_image_pixels is not None:
+            set_max_image_pixels(_check_positive(max_image_pixels, "data.max_image_pixels"))
         self.root = str(root)
         self.train_sets = parse_sets(train_sets) if train_sets else []
         self.val_sets = parse_sets(val_sets) if val_sets else []
         self.test_sets = parse_sets(test_sets) if test_sets else []
-        self.size = tuple(int(s) for s in size)
-        if any(s % 32 for s in self.size):
-            raise ValueError(f"data size {self.size} must be multiples of 32 (e.g. 1024x1024 or 512x512).")
+        self.size = size
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.augmentations = list(augmentations)
         self.background_synthesis = background_synthesis
@@ -116,36 +125,63 @@ class DISDataModule(L.LightningDataModule):
         self.val_datasets: list[DISDataset] = []
         self.test_datasets: list[DISDataset] = []
 
-    def _eval_sets(self, names: list[str]) -> list[DISDataset]:
-        return [
-            DISDataset(
-                self.root,
-                n,
-                eval_transform(self.size, self._loader_normalization),
-                self.skip_invalid,
-                keep_full_mask=True,
+    def _eval_sets(self, names: list[str], opened) -> list[DISDataset]:
+        sets = [
+            opened(
+                lambda n=n: DISDataset(
+                    self.root,
+                    n,
+                    eval_transform(self.size, self._loader_normalization),
+                    self.skip_invalid,
+                    keep_full_mask=True,
+                )
             )
             for n in names
         ]
+        return [ds for ds in sets if ds is not None]
 
     def setup(self, stage: str | None = None) -> None:
+        # every set is opened before any error is raised, so one message lists the problems of all of them
+        problems: list[str] = []
+
+        def opened(build):
+            try:
+                return build()
+            except DatasetValidationError as err:
+                problems.extend(err.problems or [str(err)])
+            except FileNotFoundError as err:
+                problems.append(str(err))
+            return None
+
         if stage in ("fit", None) and self.train_sets and self.train_set is None:
-            self.train_set = DISDataset(
-                self.root,
-                self.train_sets,
-                train_transform(
-                    self.size, self.augmentations, self.background_synthesis, self._loader_normalization, self.crop_size
-                ),
-                self.skip_invalid,
-                decode_min_side=min(self.size) if self.fast_decode else None,
-                reseed=True,
-                cache_dir=f"{self.cache_dir}/{'+'.join(self.train_sets)}" if self.cache_dir else None,
-                cache_size=self.size,
+            self.train_set = opened(
+                lambda: DISDataset(
+                    self.root,
+                    self.train_sets,
+                    train_transform(
+                        self.size,
+                        self.augmentations,
+                        self.background_synthesis,
+                        self._loader_normalization,
+                        self.crop_size,
+                    ),
+                    self.skip_invalid,
+                    decode_min_side=min(self.size) if self.fast_decode else None,
+                    reseed=True,
+                    cache_dir=f"{self.cache_dir}/{'+'.join(self.train_sets)}" if self.cache_dir else None,
+                    cache_size=self.size,
+                )
             )
         if stage in ("fit", "validate", None) and not self.val_datasets:
-            self.val_datasets = self._eval_sets(self.val_sets)
+            self.val_datasets = self._eval_sets(self.val_sets, opened)
         if stage in ("test", None) and not self.test_datasets:
-            self.test_datasets = self._eval_sets(self.test_sets)
+            self.test_datasets = self._eval_sets(self.test_sets, opened)
+        if problems:
+            raise DatasetValidationError(
+                f"{len(problems)} problem(s) in the data under {self.root}:\n{problem_listing(problems)}\n"
+                "Fix or remove these files, or set data.skip_invalid=true to leave the broken ones out.",
+                problems,
+            )
 
     def _loader(self, ds: DISDataset, batch_size: int, train: bool) -> DataLoader:
         collate = DynamicSizeCollate(*self.dynamic_size) if train and self.dynamic_size else eval_collate
@@ -170,3 +206,26 @@ class DISDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(ds, self.eval_batch_size, train=False) for ds in self.test_datasets]
+
+
+def _check_positive(value, key: str, zero_ok: bool = False) -> int:
+    """A whole number >= 1 (>= 0 with ``zero_ok``), or a ConfigError naming ``key``."""
+    smallest = 0 if zero_ok else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+        raise ConfigError(f"{key} must be a whole number >= {smallest}, not {value!r}.")
+    return value
+
+
+def _check_size(size, key: str) -> tuple[int, int]:
+    """``(height, width)``, both positive multiples of 32, or a ConfigError naming ``key``."""
+    if isinstance(size, int):
+        size = (size, size)
+    try:
+        values = tuple(size)
+    except TypeError:
+        values = ()
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ConfigError(f"{key} must be [height, width], e.g. [1024, 1024], not {size!r}.")
+    if any(v % 32 for v in values):
+        raise ConfigError(f"{key} {list(values)} must be multiples of 32 (e.g. [1024, 1024] or [512, 512]).")
+    return values

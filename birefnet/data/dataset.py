@@ -21,14 +21,25 @@ from torch.utils.data import Dataset
 
 from birefnet.data.io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, check_file, image_size, read_image, read_mask
 from birefnet.data.transforms import seed_pipeline
+from birefnet.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DISDataset", "DatasetValidationError", "Sample", "find_pairs", "parse_sets"]
+__all__ = ["DISDataset", "DatasetValidationError", "Sample", "find_pairs", "parse_sets", "problem_listing"]
 
 
-class DatasetValidationError(ValueError):
-    """Every problem found while opening a dataset, listed with file paths."""
+class DatasetValidationError(UserError):
+    """Every problem found while opening a dataset, listed with file paths (also kept in ``problems``)."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+def problem_listing(problems: Sequence[str], limit: int = 50) -> str:
+    """Problems one per line, the first ``limit`` of them."""
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return "  " + "\n  ".join(problems[:limit]) + more
 
 
 @dataclass(frozen=True)
@@ -49,12 +60,17 @@ def parse_sets(sets: str | Sequence[str]) -> list[str]:
     return [s for item in sets for s in parse_sets(item)]
 
 
-def _index(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
+def _index(folder: Path, extensions: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Files by stem, and the stems two or more files share (``0005.png`` + ``0005.jpg``) with those files."""
     files: dict[str, Path] = {}
+    clashes: dict[str, list[Path]] = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in extensions:
-            files.setdefault(p.stem, p)
-    return files
+            if p.stem in files or p.stem in clashes:
+                clashes.setdefault(p.stem, [files.pop(p.stem)] if p.stem in files else []).append(p)
+            else:
+                files[p.stem] = p
+    return files, clashes
 
 
 def find_pairs(root: str | Path, set_name: str, check_files: bool = True) -> tuple[list[Sample], list[str]]:
@@ -67,11 +83,22 @@ def find_pairs(root: str | Path, set_name: str, check_files: bool = True) -> tup
                 f"Dataset folder {d} does not exist. Expected the DIS layout <root>/<set>/im and <root>/<set>/gt "
                 f"(root={Path(root)}, set={set_name}); set paths.data_dir or the data config's root."
             )
-    images, masks = _index(im_dir, IMAGE_EXTENSIONS), _index(gt_dir, MASK_EXTENSIONS)
-    if not images:
+    (images, image_clashes), (masks, mask_clashes) = _index(im_dir, IMAGE_EXTENSIONS), _index(gt_dir, MASK_EXTENSIONS)
+    if not images and not image_clashes:
         raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {im_dir}.")
-    problems = [f"{images[s]}: no mask {gt_dir}/{s}.png (or .jpg/.bmp)" for s in images if s not in masks]
-    problems += [f"{masks[s]}: mask without an image in {im_dir}" for s in masks if s not in images]
+    clashes = {**image_clashes, **mask_clashes}
+    problems = [
+        f"{' and '.join(str(p) for p in paths)}: {len(paths)} files share the name {stem!r}, so which one belongs "
+        "to the pair is ambiguous. Keep one and move the others out of the folder."
+        for stem, paths in (*image_clashes.items(), *mask_clashes.items())
+    ]
+    paired_or_clashing = {"images": set(images) | set(clashes), "masks": set(masks) | set(clashes)}
+    problems += [
+        f"{images[s]}: no mask {gt_dir}/{s}.png (or .jpg/.bmp)" for s in images if s not in paired_or_clashing["masks"]
+    ]
+    problems += [
+        f"{masks[s]}: mask without an image in {im_dir}" for s in masks if s not in paired_or_clashing["images"]
+    ]
     samples = []
     for stem in sorted(set(images) & set(masks)):
         im, gt = images[stem], masks[stem]
@@ -140,15 +167,13 @@ class DISDataset(Dataset):
             self.samples += found
             problems += bad
         if problems:
-            listing = "\n  ".join(problems[:50]) + (
-                f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-            )
             if not skip_invalid:
                 raise DatasetValidationError(
-                    f"{len(problems)} problem(s) in {self.root} ({'+'.join(self.sets)}):\n  {listing}\n"
-                    "Fix or remove these files, or pass skip_invalid=true (data.skip_invalid=true) to leave them out."
+                    f"{len(problems)} problem(s) in {self.root} ({'+'.join(self.sets)}):\n{problem_listing(problems)}\n"
+                    "Fix or remove these files, or pass skip_invalid=true (data.skip_invalid=true) to leave them out.",
+                    problems,
                 )
-            log.warning("Skipping %d invalid file(s) in %s:\n  %s", len(problems), self.root, listing)
+            log.warning("Skipping %d invalid file(s) in %s:\n%s", len(problems), self.root, problem_listing(problems))
         if not self.samples:
             raise DatasetValidationError(f"No valid image/mask pairs in {self.root} for sets {self.sets}.")
 

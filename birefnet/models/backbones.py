@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from birefnet.models.pvt_v2 import PVT_CONFIGS, pvt_v2
+from birefnet.models.state_dict import read_state_dict, unwrap_state_dict
 from birefnet.models.swin import SWIN_CONFIGS, swin_v1
 
 log = logging.getLogger(__name__)
@@ -119,41 +120,6 @@ def build_backbone(name: str, weights_file: str | None = None, **kwargs) -> nn.M
     else:
         log.info("Backbone %s: no weights file given, random initialisation.", name)
     return bb
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read tensors from a ``.safetensors`` file or a torch file, without unpickling arbitrary objects.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is truncated, corrupt, or holds objects other than tensors and containers.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist; pass the path of a local weights file.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"Could not read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            "The file may be truncated or not a weights file; download it again or pick another file."
-        ) from err
-
-
-def unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:
-    """Descend into ``state_dict`` / ``model`` / ``module`` / ``params`` wrappers until tensors appear."""
-    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        for key in ("state_dict", "model", "module", "params", "model_state"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-        else:
-            break
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
 def _timm_to_reference(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,9 @@ from birefnet.models.blocks import (
     resize,
     set_deform_impl,
 )
+from birefnet.models.checkpoint import PretrainedMixin
 from birefnet.models.outputs import SegmentationOutput
+from birefnet.models.registry import register_model
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,8 @@ class BiRefNetDecoder(nn.Module):
         return logits + bias.view(1, -1, 1, 1)
 
 
-class BiRefNet(nn.Module):
+@register_model
+class BiRefNet(PretrainedMixin, nn.Module):
     """BiRefNet with every reference knob as a constructor argument (defaults = reference defaults).
 
     Shape: ``(B, 3, H, W)`` ImageNet-normalised, H and W multiples of 32 -> :class:`SegmentationOutput` with
@@ -401,16 +403,6 @@ class BiRefNet(nn.Module):
         out = self.decoder(x, feats, laplacian)
         out.class_logits = class_logits
         return out
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, **overrides) -> BiRefNet:
-        """Build the model a checkpoint was saved from and load it strictly (see :mod:`birefnet.models.checkpoint`)."""
-        from birefnet.models.checkpoint import load_model
-
-        model = load_model(path, **overrides)
-        if not isinstance(model, cls):
-            raise ValueError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}.")
-        return model
 
     def reference_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict in the reference key layout (identical names), loadable by the official code."""

@@ -1,14 +1,17 @@
-"""Load any BiRefNet-family checkpoint: official ``.pth``, Hugging Face ``model.safetensors``, this project's files.
+"""Load any model checkpoint: official BiRefNet ``.pth`` / Hugging Face ``model.safetensors``, official U2-Net and
+IS-Net files, and this project's ``.ckpt`` / ``.safetensors`` / ``.pth``.
 
-The architecture is inferred from the key set and shapes (backbone, current/legacy layout, decoder knobs),
-so ``load_model(path)`` needs no configuration; keyword overrides win over what is inferred. Loading is
-strict, and a mismatch raises an error listing missing, unexpected and wrong-shape keys.
-Nothing is unpickled: torch files are read with ``weights_only=True``.
+Which class to build comes from the file: the stored model description names it when there is one, otherwise
+:func:`infer_family` tells it from the keys. The constructor arguments are, in order of precedence, the caller's
+overrides, the stored description (checked against the class's constructor: known names, plain types, no
+downloads) and what :func:`infer_birefnet_config` reads from key names and shapes. Loading is strict, and a
+mismatch raises an error listing missing, unexpected and wrong-shape keys. Nothing is unpickled and nothing is
+downloaded because of what a file says.
 """
 
 from __future__ import annotations
 
-import json
+import inspect
 import logging
 import re
 from pathlib import Path
@@ -16,50 +19,49 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from birefnet.models.backbones import read_state_dict, unwrap_state_dict
+from birefnet.errors import CheckpointError
+from birefnet.models.registry import MODEL_REGISTRY
+from birefnet.models.state_dict import (
+    CONFIG_METADATA_KEY,
+    load_state_dict_strict,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CONFIG_METADATA_KEY",
+    "PretrainedMixin",
+    "checked_model_config",
     "infer_birefnet_config",
+    "infer_family",
     "load_model",
-    "load_state_dict_strict",
-    "read_checkpoint",
     "save_model",
-    "strip_prefixes",
 ]
 
-CONFIG_METADATA_KEY = "birefnet_model"
-
-
-def strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes: DDP ``module.``, ``torch.compile`` ``_orig_mod.``, Lightning ``net.``, EMA ``ema.``."""
-    pattern = re.compile(r"^(module\.|_orig_mod\.|net\.|model\.(?=bb\.|decoder\.|squeeze_module\.|stage1\.))+")
-    return {pattern.sub("", k): v for k, v in sd.items()}
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Tensors of a checkpoint (prefixes stripped) and the model description saved with it, if any."""
-    path = Path(path)
-    raw = read_state_dict(path)
-    config = None
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if CONFIG_METADATA_KEY in meta:
-            config = json.loads(meta[CONFIG_METADATA_KEY])
-    elif isinstance(raw, dict) and isinstance(raw.get(CONFIG_METADATA_KEY), dict):
-        config = raw[CONFIG_METADATA_KEY]
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path} does not hold a state dict (found {type(raw).__name__}).")
-    return strip_prefixes(unwrap_state_dict(raw)), config
+# backbone keyword arguments a stored description may not carry: they fetch or read weights (timm's
+# pretrained=True, pretrained_cfg_overlay={'url': ...}, checkpoint_path=...), or change what the features are
+_UNSAFE_BACKBONE_KWARG = re.compile(r"pretrained|url|file|checkpoint|cache|hub|download|path|features_only|out_ind")
 
 
 def _count(sd: dict, pattern: str) -> int:
     rx = re.compile(pattern)
     return len({m[1] for k in sd if (m := rx.match(k))})
+
+
+def infer_family(sd: dict[str, torch.Tensor]) -> str:
+    """The model class a state dict belongs to, from its key set: BiRefNet, U2Net, ISNet or ISNetGTEncoder."""
+    if any(k.startswith(("bb.", "decoder.", "squeeze_module.")) for k in sd):
+        return "BiRefNet"
+    if any(k.startswith("stage1.rebnconvin.") for k in sd):
+        if "conv_in.conv.weight" in sd:  # the GT encoder's stem is conv + BN + ReLU; IS-Net's a bare conv
+            return "ISNetGTEncoder"
+        return "ISNet" if "conv_in.weight" in sd else "U2Net"
+    raise CheckpointError(
+        f"Unrecognised checkpoint: its keys (e.g. {list(sd)[:3]}) are neither BiRefNet (bb./decoder.) nor "
+        "U2-Net/IS-Net (stage1.rebnconvin.). Pass a BiRefNet, U2-Net or IS-Net weights file."
+    )
 
 
 def infer_backbone(sd: dict[str, torch.Tensor]) -> str | None:
@@ -84,7 +86,7 @@ def infer_birefnet_config(sd: dict[str, torch.Tensor]) -> dict:
     cfg: dict = {}
     backbone = infer_backbone(sd)
     if backbone is None:
-        raise ValueError(
+        raise CheckpointError(
             "Cannot tell the backbone from the checkpoint keys (first backbone keys: "
             f"{[k for k in sd if k.startswith('bb.')][:3]}). Pass backbone=... explicitly."
         )
@@ -125,78 +127,175 @@ def infer_birefnet_config(sd: dict[str, torch.Tensor]) -> dict:
     return cfg
 
 
-def load_state_dict_strict(
-    model: nn.Module,
-    sd: dict[str, torch.Tensor],
-    source: str,
-    looks_like: str | None = None,
-    ignore: tuple[str, ...] = (),
-) -> None:
-    """``load_state_dict(strict=True)`` with a readable report of every difference."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith(ignore)]
-    unexpected = [k for k in sd if k not in own and not k.endswith(ignore)]
-    wrong = [
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape
-    ]
-    if missing or unexpected or wrong:
+def infer_config(family: str, sd: dict[str, torch.Tensor]) -> dict:
+    """Constructor arguments read from the keys and shapes of ``sd`` for ``family``."""
+    if family == "BiRefNet":
+        return infer_birefnet_config(sd)
+    if family == "U2Net":
+        mid = sd["stage1.rebnconv1.conv_s1.weight"].shape[0] if "stage1.rebnconv1.conv_s1.weight" in sd else 32
+        return {"variant": "u2netp" if mid == 16 else "u2net"}
+    return {}
 
-        def part(name: str, items: list[str]) -> str:
-            return f"{len(items)} {name}" + (f" (e.g. {', '.join(items[:4])})" if items else "")
 
-        hint = f" The file looks like a {looks_like} checkpoint." if looks_like else ""
-        raise ValueError(
-            f"Checkpoint {source} does not match the model: {part('missing', missing)}; "
-            f"{part('unexpected', unexpected)}; {part('wrong-shape', wrong)}.{hint} "
-            "Build the model with the architecture the file was trained with (e.g. backbone=..., layout=...)."
+def _is_plain(value, allow_dict: bool = False) -> bool:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return not (isinstance(value, str) and "://" in value)
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if allow_dict and isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def _expected_kind(param: inspect.Parameter) -> str:
+    default, note = param.default, str(param.annotation)
+    if isinstance(default, bool):
+        return "bool"
+    if isinstance(default, int):
+        return "int"
+    if isinstance(default, float):
+        return "float"
+    if isinstance(default, str):
+        return "str"
+    if isinstance(default, (tuple, list)):
+        return "list"
+    return "dict" if "dict" in note else "str" if "str" in note else "any"
+
+
+_KIND_CHECKS = {
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "list": lambda v: isinstance(v, (list, tuple)),
+    "dict": lambda v: isinstance(v, dict),
+    "any": lambda v: True,
+}
+
+
+def checked_model_config(description: dict, source: str) -> tuple[str, dict]:
+    """The class name and constructor arguments of a stored model description, checked against the class.
+
+    Every argument must be one the constructor takes, with a plain value of its type; ``backbone_weights`` (a
+    path on the machine that trained the model; the weights are in the checkpoint) is dropped, and so are
+    backbone keyword arguments that would fetch or read weights, with a warning. A backbone only the network
+    could build (``timm/hf-hub:...``) is refused.
+
+    Raises:
+        CheckpointError: unknown class or argument, wrong type; the message names the file and the entry.
+    """
+    config = dict(description)
+    name = config.pop("class", None)
+    if name is not None and name not in MODEL_REGISTRY:
+        raise CheckpointError(
+            f"{source}: its model description names class {name!r}; this project builds "
+            f"{', '.join(sorted(MODEL_REGISTRY))}. Was it saved by another program?"
         )
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-
-
-def _guess_family(sd: dict[str, torch.Tensor]) -> str:
-    if any(k.startswith(("bb.", "decoder.", "squeeze_module.")) for k in sd):
-        return "birefnet"
-    if any(k.startswith("stage1.rebnconvin.") for k in sd):
-        return "isnet" if any(k.startswith("conv_in.") for k in sd) else "u2net"
-    raise ValueError(
-        f"Unrecognised checkpoint: its keys (e.g. {list(sd)[:3]}) are neither BiRefNet (bb./decoder.) nor "
-        "U2-Net/IS-Net (stage1.rebnconvin.). Pass a BiRefNet, U2-Net or IS-Net weights file."
-    )
+    if name is None:
+        return "", {}
+    params = {
+        k: p
+        for k, p in inspect.signature(MODEL_REGISTRY[name].__init__).parameters.items()
+        if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+    checked: dict = {}
+    for key, value in config.items():
+        if key not in params:
+            raise CheckpointError(
+                f"{source}: its model description has the argument {key!r}, which {name} does not take (it takes "
+                f"{', '.join(params)}). The file was saved by another version; pass the architecture as keyword "
+                "arguments instead."
+            )
+        kind = _expected_kind(params[key])
+        if not _is_plain(value, allow_dict=kind == "dict") or not (value is None or _KIND_CHECKS[kind](value)):
+            raise CheckpointError(
+                f"{source}: its model description sets {key}={value!r}, but {name} expects a plain {kind} there."
+            )
+        checked[key] = value
+    if checked.pop("backbone_weights", None):
+        log.info("%s: ignoring the stored backbone_weights path; the weights come from the checkpoint.", source)
+    kwargs = checked.get("backbone_kwargs") or {}
+    unsafe = sorted(k for k in kwargs if _UNSAFE_BACKBONE_KWARG.search(k.lower()))
+    if unsafe:
+        log.warning("%s: ignoring stored backbone arguments %s (they would fetch or read weights).", source, unsafe)
+        checked["backbone_kwargs"] = {k: v for k, v in kwargs.items() if k not in unsafe}
+    backbone = checked.get("backbone")
+    if isinstance(backbone, str) and ":" in backbone:
+        raise CheckpointError(
+            f"{source}: its model description names the backbone {backbone!r}, which only a download could build. "
+            "Loading a file never downloads; pass backbone=<timm model name> explicitly if you mean it."
+        )
+    return name, checked
 
 
 def load_model(path: str | Path, **overrides) -> nn.Module:
-    """Build the model a checkpoint belongs to and load its weights strictly; ``overrides`` win over inference."""
-    from birefnet.models.birefnet import BiRefNet
+    """Build the model a checkpoint belongs to and load its weights strictly; ``overrides`` win over the file.
 
-    sd, saved_config = read_checkpoint(path)
-    family = _guess_family(sd)
-    if family == "birefnet":
-        config = dict(saved_config or {})
-        config.pop("class", None)
-        config.pop("backbone_weights", None)
-        inferred = {}
-        try:
-            inferred = infer_birefnet_config(sd)
-        except ValueError:
-            if "backbone" not in config and "backbone" not in overrides:
-                raise
-        config = {**inferred, **config, **overrides}
-        model = BiRefNet(**config)
-        load_state_dict_strict(model, sd, str(path), looks_like=inferred.get("backbone"))
-    else:
-        from birefnet.models import u2net
-
-        model = u2net.build_from_state_dict(family, sd, str(path), **{**(saved_config or {}), **overrides})
+    A BiRefNet in the legacy layout (files made before 2024-05-02, all trained before 2024-11-05) gets the legacy
+    patch order unless the file or the caller says otherwise; the log says which order was used and why.
+    """
+    sd, description = read_checkpoint(path)
+    source = str(path)
+    stored_class, stored = checked_model_config(description or {}, source)
+    family = stored_class or infer_family(sd)
+    inferred: dict = {}
+    try:
+        inferred = infer_config(family, sd)
+    except CheckpointError:
+        if "backbone" not in stored and "backbone" not in overrides:
+            raise
+    config = {**inferred, **stored, **overrides}
+    if family == "BiRefNet":
+        config["patch_order"] = _patch_order(config, stored, overrides, source)
+    model = MODEL_REGISTRY[family](**config)
+    load_state_dict_strict(
+        model,
+        sd,
+        source,
+        looks_like=inferred.get("backbone") or inferred.get("variant") or family,
+        ignore=("num_batches_tracked",) if family != "BiRefNet" else (),
+    )
     log.info("Loaded %s from %s.", type(model).__name__, path)
     return model.eval()
 
 
-def save_model(model: nn.Module, path: str | Path) -> None:
-    """Write weights as safetensors with the constructor arguments in the metadata (loadable by ``load_model``)."""
-    from safetensors.torch import save_file
+def _patch_order(config: dict, stored: dict, overrides: dict, source: str) -> str:
+    if "patch_order" in overrides:
+        why = "as requested"
+    elif "patch_order" in stored:
+        why = "as stored in the file"
+    elif config.get("layout") == "legacy":
+        log.info(
+            "%s: legacy layout (made before 2024-05-02), so the legacy patch order its weights were trained with; "
+            "pass patch_order='current' to change it.",
+            source,
+        )
+        return "legacy"
+    else:
+        why = "the default for the current layout"
+    order = config.get("patch_order", "current")
+    log.info("%s: patch order %r (%s).", source, order, why)
+    return order
 
-    config = {"class": type(model).__name__, **getattr(model, "config", {})}
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(sd, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(config)})
+
+def model_description(model: nn.Module) -> dict:
+    """``{"class": ..., **constructor arguments}``, what :func:`load_model` rebuilds the model from."""
+    return {"class": type(model).__name__, **getattr(model, "config", {})}
+
+
+def save_model(model: nn.Module, path: str | Path) -> None:
+    """Write the weights and the model description, in the format the name asks for (``.safetensors`` or
+    ``.pth`` / ``.pt``), atomically; :func:`load_model` reads it back."""
+    write_checkpoint(path, model.state_dict(), model_description(model))
+
+
+class PretrainedMixin:
+    """Loading entry points shared by every model class."""
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **overrides):
+        """Build the model a checkpoint was saved from and load it strictly (see :func:`load_model`)."""
+        model = load_model(path, **overrides)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}.")
+        return model

@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from birefnet.models.checkpoint import PretrainedMixin
 from birefnet.models.outputs import SegmentationOutput
+from birefnet.models.registry import register_model
 
-__all__ = ["ISNet", "ISNetGTEncoder", "U2Net", "build_from_state_dict"]
+__all__ = ["ISNet", "ISNetGTEncoder", "U2Net"]
 
 # (in, mid, out) per stage: encoder stage1..6, then decoder stage5d..1d
 U2NET_STAGES = {
@@ -168,7 +170,8 @@ class _NestedUNet(nn.Module):
         return [_upsample_like(getattr(self, f"side{i + 1}")(f), size_ref) for i, f in enumerate(feats)]
 
 
-class U2Net(_NestedUNet):
+@register_model
+class U2Net(PretrainedMixin, _NestedUNet):
     """U2-Net (44.0 M parameters) or U2-Netp (1.13 M), ``variant='u2net'|'u2netp'``.
 
     Shape: ``(B, in_ch, H, W)`` -> ``logits`` = fused map d0 ``(B, out_ch, H, W)``, ``side_logits`` = d1..d6 at
@@ -191,7 +194,8 @@ class U2Net(_NestedUNet):
         return SegmentationOutput(logits=fused, side_logits=sides)
 
 
-class ISNet(_NestedUNet):
+@register_model
+class ISNet(PretrainedMixin, _NestedUNet):
     """IS-Net (ISNetDIS, 44.05 M parameters): stride-2 conv stem, U2-Net body, six side outputs, no fusion.
 
     Shape: ``(B, 3, H, W)`` -> ``logits`` = d1, ``side_logits`` = d2..d6, all at input size;
@@ -221,7 +225,8 @@ class _ConvBnRelu(nn.Module):
         return self.relu(self.bn(self.conv(x)))
 
 
-class ISNetGTEncoder(nn.Module):
+@register_model
+class ISNetGTEncoder(PretrainedMixin, nn.Module):
     """IS-Net's ground-truth encoder (training only): encodes a mask into features matching ISNet's decoder.
 
     Shape: ``(B, 1, H, W)`` mask -> ``logits`` (side 1), ``side_logits`` (sides 2..6), ``features`` hx1..hx6
@@ -248,21 +253,3 @@ class ISNetGTEncoder(nn.Module):
                 hx = self.pool(hx)
         sides = [_upsample_like(getattr(self, f"side{i + 1}")(f), x) for i, f in enumerate(feats)]
         return SegmentationOutput(logits=sides[0], side_logits=sides[1:], features=feats)
-
-
-def build_from_state_dict(family: str, sd: dict[str, torch.Tensor], source: str, **config) -> nn.Module:
-    """Build U2Net / U2Netp / ISNet for a state dict (variant inferred from shapes) and load it strictly.
-
-    Files saved by PyTorch 0.4.0 lack ``num_batches_tracked``; that difference alone is tolerated.
-    """
-    from birefnet.models.checkpoint import load_state_dict_strict
-
-    config.pop("class", None)
-    if family == "isnet":
-        model: nn.Module = ISNet(**config)
-    else:
-        mid = sd["stage1.rebnconv1.conv_s1.weight"].shape[0] if "stage1.rebnconv1.conv_s1.weight" in sd else 32
-        config.setdefault("variant", "u2netp" if mid == 16 else "u2net")
-        model = U2Net(**config)
-    load_state_dict_strict(model, sd, source, looks_like=config.get("variant", family), ignore=("num_batches_tracked",))
-    return model

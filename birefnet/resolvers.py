@@ -1,0 +1,60 @@
+"""The OmegaConf resolvers the configs use: named pure functions of their arguments, nothing else.
+
+No resolver evaluates text: Hydra resolves ``${...}`` in command-line values and environment variables, so a
+resolver that ran code would let a file name (``checkpoint='m${...}.pth'``) or ``PROJECT_ROOT`` run Python.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from birefnet.errors import ConfigError
+
+__all__ = ["PROJECT_ROOT", "epoch_milestones", "reference_lr", "register_resolvers", "run_id"]
+
+#: The repository root (parent of this package), used by configs/paths as ${project_root:}.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_RUN_ID = f"{os.getpid():x}{secrets.token_hex(2)}"
+
+
+def _positive_int(value, key: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a positive whole number, not {value!r}.") from None
+    if number != int(number) or number < 1:
+        raise ConfigError(f"{key} must be a positive whole number, not {value!r}.")
+    return int(number)
+
+
+def reference_lr(base: float, batch_size) -> float:
+    """The reference learning-rate rule ``base * sqrt(batch_size / 4)`` (per-device batch size).
+
+    Reference bases: 1e-4 for DIS5K, 1e-5 for the other tasks. ``${reference_lr:1e-4,${data.batch_size}}``.
+    """
+    return float(base) * math.sqrt(_positive_int(batch_size, "data.batch_size") / 4)
+
+
+def epoch_milestones(max_epochs, *fractions: float) -> list[int]:
+    """Epochs at the given fractions of ``max_epochs``: ``${epoch_milestones:${trainer.max_epochs},0.6,0.85}``."""
+    epochs = _positive_int(max_epochs, "trainer.max_epochs")
+    return [int(epochs * float(f)) for f in fractions]
+
+
+def run_id() -> str:
+    """A token fixed for this process (process id + random bits): run folders started in the same second differ."""
+    return _RUN_ID
+
+
+def register_resolvers() -> None:
+    """Register the project's resolvers (idempotent)."""
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+    OmegaConf.register_new_resolver("reference_lr", reference_lr, replace=True)
+    OmegaConf.register_new_resolver("epoch_milestones", epoch_milestones, replace=True)
+    OmegaConf.register_new_resolver("run_id", run_id, replace=True)
