@@ -66,8 +66,8 @@ def collect_inputs(
     Args:
         inputs: files, folders or glob patterns.
         recursive: descend into sub-folders (and ``**`` in globs).
-        exclude: a folder whose files are never inputs (the output folder, so a rerun does not read its own
-            outputs when it lies inside an input folder).
+        exclude: a folder whose files are never taken from a folder or glob input (the output folder, so a rerun
+            does not read its own outputs when it lies inside an input folder); files named one by one still are.
         layout: ``"relative"``: a folder's files keep their path relative to that folder, files and glob matches
             their name; ``"tree"``: every file keeps its path relative to the deepest folder holding all inputs
             (``dA/x.jpg`` and ``dB/x.jpg`` stay apart).
@@ -77,9 +77,10 @@ def collect_inputs(
     skip = Path(exclude).resolve() if exclude is not None else None
     found: dict[Path, Path] = {}
 
-    def add(f: Path, rel: Path) -> None:
+    def add(f: Path, rel: Path, named: bool = False) -> None:
         resolved = f.resolve()
-        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not (skip and resolved.is_relative_to(skip)):
+        excluded = not named and skip is not None and resolved.is_relative_to(skip)
+        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not excluded:
             found.setdefault(resolved, rel)
 
     for item in inputs:
@@ -88,7 +89,7 @@ def collect_inputs(
             for f in sorted(path.glob("**/*" if recursive else "*")):
                 add(f, f.relative_to(path))
         elif path.is_file():
-            add(path, Path(path.name))
+            add(path, Path(path.name), named=True)
         else:
             matches = sorted(glob.glob(item, recursive=recursive))
             if not matches:

@@ -26,7 +26,6 @@ import os
 import sys
 import tempfile
 import threading
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +79,17 @@ def set_max_image_pixels(limit: int | None) -> None:
     if int(limit) < 1:
         raise UserError(f"max_image_pixels must be a positive number of pixels, not {limit!r}.")
     os.environ[_MAX_PIXELS_ENV] = str(int(limit))
-    Image.MAX_IMAGE_PIXELS = max(int(limit), Image.MAX_IMAGE_PIXELS or 0)
+
+
+@contextlib.contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """PIL's decompression-bomb check off: :func:`max_image_pixels` is checked on the header instead."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 @dataclass(frozen=True)
@@ -95,16 +104,14 @@ class _Header:
 def _probe(path: Path) -> _Header:
     """Format, mode, size and EXIF orientation from the header; refuses files over the pixel limit."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+        with _own_pixel_limit(), Image.open(path) as img:
+            orientation = 1
+            if img.format == "TIFF" or "exif" in img.info:  # parsing EXIF costs more than the header
                 try:
                     orientation = int(img.getexif().get(0x0112, 1))
                 except Exception:
                     orientation = 1
-                header = _Header(img.format, img.mode, img.size[0], img.size[1], orientation)
-    except Image.DecompressionBombError as err:
-        raise _too_large(path, str(err)) from None
+            header = _Header(img.format, img.mode, img.size[0], img.size[1], orientation)
     except FileNotFoundError:
         raise
     except Exception as err:
@@ -237,7 +244,7 @@ def _reduced_flag(header: _Header, min_side: int | None, grayscale: bool) -> int
 
 def _pil_open(path: Path) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with _own_pixel_limit(), Image.open(path) as img:
             img.load()
             return ImageOps.exif_transpose(img)
     except Exception as err:

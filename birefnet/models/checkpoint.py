@@ -207,6 +207,13 @@ def checked_model_config(description: dict, source: str) -> tuple[str, dict]:
                 "arguments instead."
             )
         kind = _expected_kind(params[key])
+        if key == "backbone_kwargs" and isinstance(value, dict):
+            unsafe = sorted(k for k in value if _UNSAFE_BACKBONE_KWARG.search(str(k).lower()))
+            if unsafe:
+                log.warning(
+                    "%s: ignoring stored backbone arguments %s (they would fetch or read weights).", source, unsafe
+                )
+                value = {k: v for k, v in value.items() if k not in unsafe}
         if not _is_plain(value, allow_dict=kind == "dict") or not (value is None or _KIND_CHECKS[kind](value)):
             raise CheckpointError(
                 f"{source}: its model description sets {key}={value!r}, but {name} expects a plain {kind} there."
@@ -214,11 +221,6 @@ def checked_model_config(description: dict, source: str) -> tuple[str, dict]:
         checked[key] = value
     if checked.pop("backbone_weights", None):
         log.info("%s: ignoring the stored backbone_weights path; the weights come from the checkpoint.", source)
-    kwargs = checked.get("backbone_kwargs") or {}
-    unsafe = sorted(k for k in kwargs if _UNSAFE_BACKBONE_KWARG.search(k.lower()))
-    if unsafe:
-        log.warning("%s: ignoring stored backbone arguments %s (they would fetch or read weights).", source, unsafe)
-        checked["backbone_kwargs"] = {k: v for k, v in kwargs.items() if k not in unsafe}
     backbone = checked.get("backbone")
     if isinstance(backbone, str) and ":" in backbone:
         raise CheckpointError(
