@@ -4,7 +4,6 @@ import hydra
 from omegaconf import DictConfig
 
 from birefnet.errors import exit_on_user_error
-
 from birefnet.train import train
 
 
