@@ -48,8 +48,17 @@ def user_error_in(err: BaseException) -> BaseException | None:
     return None
 
 
+def _to_log_files(message: str) -> None:
+    """Record the message in the run's log file (Hydra's file handler) without printing it a second time."""
+    record = logging.getLogger("birefnet").makeRecord("birefnet", logging.ERROR, __file__, 0, message, (), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def exit_on_user_error(fn: F) -> F:
-    """Run ``fn``; a :class:`UserError` or a missing file becomes one logged message and exit status 1."""
+    """Run ``fn``; a :class:`UserError` or a missing file becomes one message on stderr (also in the run's log
+    file) and exit status 1."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
@@ -59,8 +68,8 @@ def exit_on_user_error(fn: F) -> F:
             cause = user_error_in(err)
             if cause is None or _show_traceback():
                 raise
-            logging.getLogger("birefnet").error("%s", cause)
             print(f"Error: {cause}", file=sys.stderr)
+            _to_log_files(str(cause))
             raise SystemExit(1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -339,10 +339,10 @@ def plan_outputs(
     claimed: dict[Path, Path] = {}
     conflicts: list[str] = []
     todo, existing = [], []
-    for folder in {t.parent for _, rel in inputs for t in output_targets(output, rel, kinds, keep_extension).values()}:
+    planned = [(src, rel, output_targets(output, rel, kinds, keep_extension)) for src, rel in inputs]
+    for folder in {t.parent for _, _, targets in planned for t in targets.values()}:
         remove_partials(folder)
-    for src, rel in inputs:
-        targets = output_targets(output, rel, kinds, keep_extension)
+    for src, rel, targets in planned:
         done = True
         for target in targets.values():
             key = target.resolve()

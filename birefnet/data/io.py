@@ -297,14 +297,12 @@ def _binary_01_to_255(mask: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _palette_mask(path: Path) -> np.ndarray:
-    pil = _pil_open(path)
-    if pil.mode != "P":
-        return _channels_to_mask(np.asarray(pil.convert("RGBA" if "A" in pil.mode else "L")), path, rgb_order=True)
+    pil = _pil_open(path)  # still a palette image: EXIF transposition keeps the mode
+    if "transparency" in pil.info:
+        return _channels_to_mask(np.asarray(pil.convert("RGBA")), rgb_order=True)
     index = np.asarray(pil)
     palette = np.asarray(pil.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
     used = np.unique(index)
-    if "transparency" in pil.info:
-        return _channels_to_mask(np.asarray(pil.convert("RGBA")), path, rgb_order=True)
     if len(palette) and all(palette[u, 0] == palette[u, 1] == palette[u, 2] for u in used if u < len(palette)):
         return np.asarray(pil.convert("L"))  # a grey palette: its grey levels are the values
     if len(used) <= 2:
@@ -315,7 +313,7 @@ def _palette_mask(path: Path) -> np.ndarray:
     )
 
 
-def _channels_to_mask(arr: np.ndarray, path: Path, rgb_order: bool = False) -> np.ndarray:
+def _channels_to_mask(arr: np.ndarray, rgb_order: bool = False) -> np.ndarray:
     """Any decoded array (uint8/uint16, 1-4 channels; OpenCV BGR(A) order unless ``rgb_order``) to ``H x W``."""
     if arr.dtype != np.uint8:
         arr = _scale_16bit(arr)
@@ -359,9 +357,9 @@ def read_mask(path: str | Path, min_side: int | None = None) -> np.ndarray:
     flags = _reduced_flag(header, min_side, grayscale=True) if jpeg else cv2.IMREAD_UNCHANGED
     arr = _cv2_read(path, flags, jpeg)
     if arr is None:
-        mask = _channels_to_mask(np.asarray(_pil_open(path)), path, rgb_order=True)
+        mask = _channels_to_mask(np.asarray(_pil_open(path)), rgb_order=True)
     else:
-        mask = _channels_to_mask(arr, path)
+        mask = _channels_to_mask(arr)
         if not jpeg and header.orientation != 1:
             mask = _orient(mask, header.orientation)
     return _binary_01_to_255(mask, path)

@@ -88,8 +88,8 @@ def read_state_dict(path: str | Path) -> dict:
         if "weights_only" in str(err) or "Unsupported global" in str(err) or "Unpickler" in str(err):
             raise CheckpointError(
                 f"{path} holds Python objects besides tensors, which this project never unpickles (loading it would "
-                "run code from the file). If you trust it, re-save its state dict alone: "
-                "torch.save(torch.load(path, weights_only=False)['state_dict'], 'clean.pth')."
+                "run code from the file). Ask its author for a safetensors file, or, only if you trust the file, "
+                "re-save its tensors alone where it was made: torch.save(model.state_dict(), 'clean.pth')."
             ) from None
         raise CheckpointError(
             f"Could not read checkpoint {path} ({_first_line(err)}). The file is truncated or corrupt; download it "
