@@ -1,4 +1,5 @@
-"""The ``birefnet`` console command: ``birefnet predict ...``, ``birefnet export-onnx ...``, ``birefnet params``."""
+"""The ``birefnet`` console command: ``birefnet predict ...``, ``birefnet export-onnx ...``, ``birefnet params``,
+``birefnet zoo``."""
 
 from __future__ import annotations
 
@@ -38,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("params", help="parameter and key counts per backbone (reference defaults)")
     c.add_argument("backbones", nargs="*")
     c.add_argument("--layout", default="current", choices=["current", "legacy"])
+    sub.add_parser("zoo", help="the released weights by name, with their preprocessing cards (Markdown table)")
     args = parser.parse_args(argv)
+    if args.command == "zoo":
+        from birefnet.models.zoo import zoo_markdown
+
+        print(zoo_markdown(), end="")
+        return 0
     if args.command == "predict":
         return predict.run_from_args(args)
     if args.command == "export-onnx":

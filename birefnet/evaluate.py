@@ -2,10 +2,11 @@
 
 Two modes (configs/eval.yaml):
 
-* ``checkpoint=FILE``: any checkpoint :func:`birefnet.models.load_model` reads (this project's ``.ckpt`` /
-  ``.safetensors``, official BiRefNet ``.pth`` / HF ``model.safetensors``) runs through the same Lightning
-  trainer config as training (``trainer=ddp trainer.devices=N`` evaluates on N GPUs, metrics synced);
-  predictions are resized back to each image's original size before the metrics, as the reference does.
+* ``checkpoint=REF``: any model :func:`birefnet.models.load_model` reads (this project's ``.ckpt`` /
+  ``.safetensors``, official BiRefNet ``.pth`` / HF ``model.safetensors``, a Hub repo ``hf:ZhengPeng7/BiRefNet``)
+  runs through the same Lightning trainer config as training (``trainer=ddp trainer.devices=N`` evaluates on N
+  GPUs, metrics synced), at the size and normalisation of its preprocessing card; predictions are resized back
+  to each image's original size before the metrics, as the reference does.
 * ``predictions={name: DIR}``: existing maps ``DIR/<set>/<stem>.png`` for every ground truth, the way the
   field evaluates other people's results. A missing prediction is an error that lists them; a prediction
   whose size differs from its mask is resized to the mask (bilinear) with a warning, as the reference does.
@@ -38,6 +39,7 @@ from birefnet.metrics import DISMetrics
 from birefnet.metrics.functional import image_scores
 from birefnet.metrics.kernels import compile_kernels
 from birefnet.models import load_model
+from birefnet.models.checkpoint import model_card
 from birefnet.utils import METRIC_ORDER, save_config, write_results
 
 log = logging.getLogger("birefnet")
@@ -232,17 +234,38 @@ class _EvalModule(DISLitModule):
                 write_png(out / f"{name}.png", (full[0, 0].clamp(0, 1) * 255).byte().cpu().numpy())
 
 
+def checkpoint_preprocessing(net: torch.nn.Module, size=None, preprocessing: str | None = None):
+    """The card to evaluate ``net`` with, and why: its own card, with an explicit ``size`` (``[h, w]``, an int or
+    ``"original"``) or normalisation (``preprocessing``) winning over it."""
+    card, changes = model_card(net), {}
+    if size is not None and size != "original":
+        size = [int(size), int(size)] if isinstance(size, (int, str)) else [int(v) for v in size]
+    if size is not None:
+        changes["input_size"] = None if size == "original" else tuple(size)
+    if preprocessing not in (None, "", "auto"):
+        changes["normalization"] = preprocessing
+    try:
+        chosen = card.replace(**changes)
+    except ValueError as err:
+        raise ConfigError(f"size / preprocessing: {err}") from None
+    why = f"size={size}" if "input_size" in changes else ""
+    if "normalization" in changes:
+        why += f"{', ' if why else ''}preprocessing={preprocessing}"
+    return chosen, f"the model's card with {why}" if why else "the model's card"
+
+
 def evaluate_checkpoint(cfg: DictConfig, method: str) -> tuple[dict, dict, dict]:
-    """Run a checkpoint over ``cfg.data.test_sets`` with the Lightning trainer from ``cfg.trainer``."""
+    """Run a checkpoint over ``cfg.data.test_sets`` with the Lightning trainer from ``cfg.trainer``, preprocessed
+    as its card says (``size`` / ``preprocessing`` override it)."""
     net = load_model(cfg.checkpoint)
-    preprocessing = cfg.get("preprocessing") or "auto"
-    if preprocessing == "auto":  # each family with the preprocessing its weights were trained with
-        preprocessing = {"U2Net": "u2net", "ISNet": "isnet"}.get(type(net).__name__, "imagenet")
-    size = cfg.get("size") or {"u2net": [320, 320], "isnet": [1024, 1024]}.get(preprocessing) or cfg.data.size
-    log.info(
-        "Evaluating %s (%s) at %s with %s preprocessing.", cfg.checkpoint, type(net).__name__, list(size), preprocessing
-    )
-    datamodule: L.LightningDataModule = instantiate(cfg.data, size=list(size), normalization=preprocessing)
+    card, why = checkpoint_preprocessing(net, cfg.get("size"), cfg.get("preprocessing"))
+    log.info("Evaluating %s (%s) with %s (%s).", cfg.checkpoint, type(net).__name__, card.describe(), why)
+    overrides: dict = {"normalization": card.normalization, "interpolation": card.interpolation}
+    if card.input_size is None:
+        overrides.update(eval_size="original", eval_batch_size=1)
+    else:
+        overrides["eval_size"] = list(card.input_size)
+    datamodule: L.LightningDataModule = instantiate(cfg.data, **overrides)
     pred_dir = str(Path(cfg.paths.output_dir) / "predictions" / method) if cfg.get("save_predictions") else None
     module = _EvalModule(net, pred_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])

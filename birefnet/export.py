@@ -9,6 +9,7 @@ export is checked against PyTorch on CPU before the file is kept.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 from torch import nn
 
 from birefnet.models import load_model
+from birefnet.models.checkpoint import model_card
+from birefnet.models.state_dict import PREPROCESSING_METADATA_KEY
 
 log = logging.getLogger("birefnet")
 
@@ -80,7 +83,7 @@ class _LogitsOnly(nn.Module):
 def export_onnx(
     model: nn.Module,
     output: str | Path,
-    size: tuple[int, int] = (1024, 1024),
+    size: tuple[int, int] | None = None,
     opset: int = 19,
     dynamic_size: bool = True,
     check: bool = True,
@@ -89,8 +92,10 @@ def export_onnx(
 ) -> float | None:
     """Export ``model`` (eval mode, CPU) and return onnxruntime's max abs difference to PyTorch on a random batch.
 
-    ``deform_op``: the deformable convolution as ONNX ``DeformConv`` (opset 19) or as ``GridSample`` + MatMul
-    (opset 16+, supported by more runtimes, e.g. TensorRT).
+    ``size``: the example input ``(height, width)``; ``None`` takes the model's preprocessing card (1024 x 1024
+    for a card without a fixed size). The card is stored in the graph's metadata (``birefnet_preprocessing``, JSON)
+    so a runtime knows how to prepare the input. ``deform_op``: the deformable convolution as ONNX ``DeformConv``
+    (opset 19) or as ``GridSample`` + MatMul (opset 16+, supported by more runtimes, e.g. TensorRT).
 
     Raises:
         RuntimeError: the export or onnxruntime fails, with what to do about it.
@@ -105,6 +110,8 @@ def export_onnx(
     set_deform_impl(model, "torchvision" if deform_op == "DeformConv" else "grid_sample")
     if deformable and deform_op == "DeformConv" and opset < 19:
         raise RuntimeError(f"The deformable convolution needs ONNX opset >= 19 (DeformConv); got opset {opset}.")
+    card = model_card(model)
+    size = tuple(size or card.input_size or (1024, 1024))
     x = torch.randn(1, 3, *size)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     try:
@@ -127,6 +134,7 @@ def export_onnx(
             else ""
         )
         raise RuntimeError(f"ONNX export failed: {type(err).__name__}: {str(err).splitlines()[0]}.{hint}") from err
+    _store_card(output, card)
     if not check:
         return None
     import onnxruntime as ort
@@ -151,10 +159,24 @@ def export_onnx(
     return diff
 
 
+def _store_card(output: str | Path, card) -> None:
+    """Put the preprocessing card into the ONNX file's metadata (when the ``onnx`` package is installed)."""
+    try:
+        import onnx
+    except ImportError:
+        return
+    graph = onnx.load(str(output))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = PREPROCESSING_METADATA_KEY, json.dumps(card.to_dict())
+    onnx.save(graph, str(output))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, help="a weights file, a folder or a Hugging Face repo")
     parser.add_argument("--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--size", default="1024", help="example input size: 1024 or 1024x768 (HxW)")
+    parser.add_argument(
+        "--size", default=None, help="example input size: 1024 or 1024x768 (HxW); default: the model's card"
+    )
     parser.add_argument("--opset", type=int, default=19)
     parser.add_argument("--static-size", action="store_true", help="fix height/width (batch stays dynamic)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
@@ -167,8 +189,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    parts = [int(v) for v in args.size.lower().replace("x", ",").split(",")]
-    size = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    size = None
+    if args.size:
+        parts = [int(v) for v in args.size.lower().replace("x", ",").split(",")]
+        size = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
     model = load_model(args.checkpoint)
     try:
         diff = export_onnx(

@@ -10,12 +10,18 @@ import lightning as L
 import torch
 from torch import nn
 
-from birefnet.data.transforms import normalize_batch
 from birefnet.losses import DISLoss
 from birefnet.metrics import DISMetrics
 from birefnet.models.blocks import resize
-from birefnet.models.checkpoint import model_description
-from birefnet.models.state_dict import CONFIG_METADATA_KEY, load_state_dict_strict, read_checkpoint
+from birefnet.models.checkpoint import model_card, model_description
+from birefnet.models.hub import resolve_weights
+from birefnet.models.state_dict import (
+    CONFIG_METADATA_KEY,
+    PREPROCESSING_METADATA_KEY,
+    load_state_dict_strict,
+    read_checkpoint,
+)
+from birefnet.preprocessing import normalize
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +40,9 @@ class DISLitModule(L.LightningModule):
         monitor: the validation metric used for "best" checkpoints (logged as ``val/<monitor>``).
         log_images: number of validation predictions logged as images per epoch (0: off).
         input_key: batch entry fed to the network: ``"image"``, or ``"mask"`` to train IS-Net's GT encoder.
-        init_from: a checkpoint (official BiRefNet / U2-Net ``.pth``, HF safetensors, or this project's) whose
-            weights initialise the network before training: fine-tuning. Loaded strictly.
+        init_from: a checkpoint (official BiRefNet / U2-Net ``.pth``, HF safetensors, or this project's; a file, a
+            folder or a Hub repo such as ``hf:ZhengPeng7/BiRefNet``) whose weights initialise the network before
+            training: fine-tuning. Loaded strictly.
         channels_last: keep the network and its inputs in channels-last memory format (faster convolutions
             with tensor cores under bf16/fp16).
     """
@@ -58,9 +65,10 @@ class DISLitModule(L.LightningModule):
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
         self.net = net
         if init_from:
-            sd, _ = read_checkpoint(init_from)
-            load_state_dict_strict(net, sd, init_from, looks_like=type(net).__name__)
-            log.info("Initialised %s from %s.", type(net).__name__, init_from)
+            source = resolve_weights(init_from)
+            sd = read_checkpoint(source.path).state_dict
+            load_state_dict_strict(net, sd, source.label, looks_like=type(net).__name__)
+            log.info("Initialised %s from %s.", type(net).__name__, source.label)
         self.loss_fn = loss if loss is not None else DISLoss()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss_weights: dict[str, float] | None = None  # set by the fine-tune schedule callback
@@ -95,7 +103,7 @@ class DISLitModule(L.LightningModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if getattr(dm, "normalize_on_device", False) and isinstance(batch, dict) and "image" in batch:
-            batch["image"] = normalize_batch(batch["image"], dm.normalization)
+            batch["image"] = normalize(batch["image"], dm.normalization)
         return batch
 
     # -- training ----------------------------------------------------------------------------------------
@@ -227,8 +235,9 @@ class DISLitModule(L.LightningModule):
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # The network's constructor arguments, so load_model() rebuilds it from the file alone.
+        # The network's constructor arguments and preprocessing card, so load_model() rebuilds it from the file alone.
         checkpoint[CONFIG_METADATA_KEY] = model_description(self.net)
+        checkpoint[PREPROCESSING_METADATA_KEY] = model_card(self.net).to_dict()
         checkpoint["loss_weights"] = self.loss_weights
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

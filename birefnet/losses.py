@@ -278,7 +278,7 @@ class MultiBCELoss(nn.Module):
             from birefnet.models.state_dict import load_state_dict_strict, read_checkpoint
 
             encoder = ISNetGTEncoder()
-            sd, _ = read_checkpoint(gt_encoder_checkpoint)
+            sd = read_checkpoint(gt_encoder_checkpoint).state_dict
             load_state_dict_strict(encoder, sd, gt_encoder_checkpoint, looks_like="ISNetGTEncoder")
             self.gt_encoder = encoder.eval().requires_grad_(False)
 

@@ -33,9 +33,10 @@ from birefnet.data.io import (
     set_max_image_pixels,
     write_png,
 )
-from birefnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from birefnet.errors import UserError, exit_on_user_error
 from birefnet.models import load_model
+from birefnet.models.checkpoint import model_card
+from birefnet.preprocessing import NORMALIZATIONS, PreprocessingCard, normalize
 
 log = logging.getLogger("birefnet")
 
@@ -164,62 +165,67 @@ class PredictionSummary:
 
 
 class Predictor:
-    """Runs any checkpoint :func:`load_model` reads on images, with its family's preprocessing.
+    """Runs any model :func:`load_model` reads on images, preprocessed as its card says.
 
     Args:
-        checkpoint: model file (this project's, official BiRefNet / U2-Net / IS-Net).
-        size: inference ``(height, width)``; ``None`` = the family default (BiRefNet 1024, U2-Net 320,
-            IS-Net 1024); ``"original"`` = each image's size rounded to multiples of 32.
+        checkpoint: model file, folder or Hub repo (this project's, official BiRefNet / U2-Net / IS-Net;
+            ``hf:ZhengPeng7/BiRefNet``).
+        size: inference ``(height, width)``; ``None`` = the model's card (the training size stored in the
+            checkpoint, the official model's size, or the family default); ``"original"`` = each image's size
+            rounded to the card's divisor.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast on the device).
-        compile: ``torch.compile`` options for the network (e.g. ``{"mode": "reduce-overhead"}``: CUDA graphs
-            for fixed-size inference), or ``None`` for eager execution.
+        model: an already built model to use instead of loading ``checkpoint``.
+        compile: ``torch.compile`` options for the network (e.g. ``{"mode": "reduce-overhead"}``: CUDA graphs for
+            fixed-size inference), or ``None`` for eager execution.
+        preprocessing: a card that replaces the model's, or a dict of the fields to change
+            (``{"normalization": "isnet"}``).
     """
 
     def __init__(
         self,
-        checkpoint: str | Path,
+        checkpoint: str | Path | None = None,
         size: tuple[int, int] | str | None = None,
         device: str = "auto",
         precision: str = "fp32",
         model: torch.nn.Module | None = None,
         compile: dict | None = None,
+        preprocessing: PreprocessingCard | dict | None = None,
     ) -> None:
         self.device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
         )
+        if model is None and checkpoint is None:
+            raise ValueError("Predictor needs a checkpoint (file, folder or Hub repo) or a model.")
         self.model = (model if model is not None else load_model(checkpoint)).to(self.device).eval()
-        family = type(self.model).__name__
         self.runner = torch.compile(self.model, **compile) if compile is not None else self.model
-        self.normalization = {"U2Net": "u2net", "ISNet": "isnet"}.get(family, "imagenet")
-        default = {"U2Net": (320, 320)}.get(family, (1024, 1024))
-        self.size = default if size is None else size
+        card, why = model_card(self.model), "the model's card"
+        if isinstance(preprocessing, PreprocessingCard):
+            card, why = preprocessing, "given"
+        elif preprocessing:
+            card, why = card.replace(**preprocessing), f"the model's card with {preprocessing}"
+        if size is not None:
+            card = card.replace(input_size=None if size == "original" else tuple(size))
+            why += f" with size {size}"
+        self.card = card
+        log.info("Predicting with %s (%s).", card.describe(), why)
         self.precision = precision
         self.dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
-    def _target_size(self, h: int, w: int) -> tuple[int, int]:
-        if self.size == "original":
-            return max(32, round(h / 32) * 32), max(32, round(w / 32) * 32)
-        return tuple(self.size)
-
     def _to_tensor(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        x = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-        x = x.astype(np.float32)
-        if self.normalization == "isnet":
-            x = x / 255.0 - 0.5
-        else:
-            x = x / (max(float(x.max()), 1e-6) if self.normalization == "u2net" else 255.0)
-            x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
-        return torch.from_numpy(x.transpose(2, 0, 1).copy())
+        x = cv2.resize(image, (size[1], size[0]), interpolation=self.card.cv2_interpolation)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
     @torch.inference_mode()
     def masks(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Probability maps (float32 in [0, 1]) at each image's original size."""
-        sizes = [self._target_size(*im.shape[:2]) for im in images]
+        sizes = [self.card.target_size(*im.shape[:2]) for im in images]
         out: list[np.ndarray | None] = [None] * len(images)
         for size in dict.fromkeys(sizes):  # one batch per inference size
             idx = [i for i, s in enumerate(sizes) if s == size]
-            batch = torch.stack([self._to_tensor(images[i], size) for i in idx]).to(self.device)
+            batch = normalize(
+                torch.stack([self._to_tensor(images[i], size) for i in idx]).to(self.device), self.card.normalization
+            )
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
                 logits = self.runner(batch).logits
             probs = torch.sigmoid(logits.float())
@@ -413,7 +419,10 @@ def _output_kinds(text: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
     parser.add_argument(
-        "--checkpoint", required=True, help="this project's checkpoint or an official BiRefNet / U2-Net / IS-Net file"
+        "--checkpoint",
+        required=True,
+        help="this project's checkpoint, an official BiRefNet / U2-Net / IS-Net file, a folder with model.safetensors, "
+        "or a Hugging Face repo (ZhengPeng7/BiRefNet, hf:ZhengPeng7/BiRefNet_HR@main)",
     )
     parser.add_argument("--output", required=True, help="output folder (relative paths of folder inputs are kept)")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
@@ -423,7 +432,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background", default=None, help="composite background: 'R,G,B', hex, or an image file")
     parser.add_argument("--refine-foreground", action="store_true", help="estimate foreground colours at the edges")
     parser.add_argument(
-        "--size", type=_parse_size, default=None, help="inference size: 1024, 1024x768, or 'original' (rounded to 32)"
+        "--size",
+        type=_parse_size,
+        default=None,
+        help="inference size: 1024, 1024x768, or 'original' (rounded to 32); default: the model's preprocessing card",
+    )
+    parser.add_argument(
+        "--preprocessing",
+        default=None,
+        choices=NORMALIZATIONS,
+        help="normalisation; default: the model's preprocessing card",
     )
     parser.add_argument("--batch-size", type=_positive_int, default=4)
     parser.add_argument("--device", default="auto")
@@ -471,6 +489,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         args.device,
         precision,
         compile={"mode": args.compile} if args.compile else None,
+        preprocessing={"normalization": args.preprocessing} if args.preprocessing else None,
     )
     summary = predictor.run(
         inputs,

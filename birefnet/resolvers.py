@@ -27,9 +27,9 @@ def _positive_int(value, key: str) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a positive whole number, not {value!r}.") from None
+        raise ConfigError(f"{key} must be a whole number >= 1, not {value!r}.") from None
     if number != int(number) or number < 1:
-        raise ConfigError(f"{key} must be a positive whole number, not {value!r}.")
+        raise ConfigError(f"{key} must be a whole number >= 1, not {value!r}.")
     return int(number)
 
 

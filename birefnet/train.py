@@ -14,6 +14,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from birefnet.errors import ConfigError
+from birefnet.models.checkpoint import model_card
 from birefnet.utils import instantiate_dict, log, save_config, split_logged_metrics, write_results
 
 __all__ = ["train"]
@@ -30,8 +32,41 @@ def _describe_model(net: torch.nn.Module) -> str:
     return f"{type(net).__name__}({knobs}) with {n / 1e6:.2f} M parameters"
 
 
+def check_backbone_weights(cfg: DictConfig) -> None:
+    """A full-scale recipe (``backbone_weights_required: true``) refuses to start a BiRefNet from a randomly
+    initialised backbone unless the user says so: hundreds of GPU-epochs are otherwise spent on a worse model."""
+    net = cfg.get("model", {}).get("net", {})
+    if not cfg.get("backbone_weights_required") or "backbone_weights" not in net or net.get("backbone_weights"):
+        return
+    raise ConfigError(
+        f"This recipe ({cfg.get('task_name')}) trains a {net.get('backbone')} backbone, which the reference starts "
+        "from ImageNet weights, but none are given. Pass model.net.backbone_weights=timm (downloaded once by timm "
+        "into the Hugging Face cache) or model.net.backbone_weights=/path/to/the/release/file.pth; or "
+        "model.net.backbone_weights=none to train from random initialisation on purpose."
+    )
+
+
+def build_data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """The DataModule and LightningModule of a training config. The network's preprocessing card decides the
+    normalisation (``data.normalization`` overrides it); the card it will be saved with records the training
+    size and task."""
+    model: L.LightningModule = instantiate(cfg.model)
+    card = model_card(model.net)
+    normalization = cfg.data.get("normalization") or card.normalization
+    datamodule: L.LightningDataModule = instantiate(cfg.data, normalization=normalization)
+    why = "data.normalization" if cfg.data.get("normalization") else f"the {type(model.net).__name__} card"
+    model.net.preprocessing = card.replace(
+        input_size=None if datamodule.dynamic_size else tuple(datamodule.size),
+        normalization=normalization,
+        task=datamodule.task or card.task,
+    )
+    log.info("Preprocessing: %s (normalisation from %s).", model.net.preprocessing.describe(), why)
+    return datamodule, model
+
+
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Fit (and optionally test) the model described by ``cfg``; returns ``(metrics, objects)``."""
+    check_backbone_weights(cfg)
     if cfg.get("seed") is not None:
         # one stream per process: DDP ranks (re-launched by Lightning with LOCAL_RANK / NODE_RANK set) get
         # seed + rank; DDP broadcasts rank 0's initial weights, so only data order and augmentation differ
@@ -43,8 +78,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     output_dir = Path(cfg.paths.output_dir)
 
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
-    model: L.LightningModule = instantiate(cfg.model)
+    datamodule, model = build_data_and_model(cfg)
     log.info("Model: %s%s", _describe_model(model.net), f" - {cfg.model_note}" if cfg.get("model_note") else "")
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))

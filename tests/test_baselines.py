@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from birefnet.data import DISDataset
 from birefnet.data.transforms import eval_transform
@@ -104,11 +103,15 @@ def test_isnet_feature_supervision_uses_a_frozen_gt_encoder(tmp_path):
 
 @pytest.mark.parametrize("model", ["u2net", "u2netp", "isnet", "isnet_gt_encoder"])
 def test_baseline_configs_carry_their_recipe(model, tmp_path):
+    from birefnet.train import build_data_and_model
+
     cfg = compose_config("train", tmp_path, [f"model={model}"])
-    module = instantiate(cfg.model)
-    dm = instantiate(cfg.data)
+    dm, module = build_data_and_model(cfg)
+    # the normalisation comes from the network's card, the size from the recipe; the card records both
     assert dm.normalization == ("u2net" if model.startswith("u2net") else "isnet")
     assert dm.size == ((320, 320) if model.startswith("u2net") else (1024, 1024))
+    assert module.net.preprocessing.normalization == dm.normalization
+    assert module.net.preprocessing.input_size == dm.size and module.net.preprocessing.task == "SOD"
     assert isinstance(module.loss_fn, MultiBCELoss)
     assert module.configure_optimizers().defaults["lr"] == 1e-3
 
@@ -123,4 +126,4 @@ def test_evaluate_official_u2netp_file_with_its_preprocessing(tmp_path, caplog):
         results = evaluate(cfg)
     values = results["ECSSD-TE"]["u2netp"]
     assert 0 <= values["MAE"] <= 1 and 0 <= values["Sm"] <= 1
-    assert "(U2Net) at [320, 320] with u2net preprocessing" in caplog.text
+    assert "(U2Net) with 320x320 (HxW), u2net normalisation" in caplog.text

@@ -257,14 +257,14 @@ def test_resize_cache_is_used_and_identical(tmp_path):
 
 @pytest.mark.parametrize("normalization", ["imagenet", "u2net", "isnet"])
 def test_device_normalisation_equals_loader_normalisation(normalization):
-    from birefnet.data.transforms import normalize_batch
+    from birefnet.preprocessing import normalize
 
     img = read_image(SAMPLE / "ECSSD-TR" / "im" / "0003.jpg")
     mask = read_mask(SAMPLE / "ECSSD-TR" / "gt" / "0003.png")
     in_loader = eval_transform((64, 64), normalization)(image=img, mask=mask)["image"]
     raw = eval_transform((64, 64), "none")(image=img, mask=mask)["image"]
     assert raw.dtype == torch.uint8
-    assert torch.allclose(normalize_batch(raw[None], normalization)[0], in_loader, atol=1e-6)
+    assert torch.allclose(normalize(raw[None], normalization)[0], in_loader, atol=1e-6)
 
 
 def test_datamodule_with_device_normalisation_trains(tmp_path):

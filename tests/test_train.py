@@ -90,7 +90,9 @@ def test_training_on_sample_lowers_loss_and_improves_sm_then_evaluates(tmp_path)
     assert load_model(best).config["backbone"] == "pvt_v2_b0"
 
     ecfg = compose_config(
-        "eval", tmp_path / "eval", [f"checkpoint={best}", "data.size=[128,128]", "save_predictions=true", "method=tiny"]
+        "eval",
+        tmp_path / "eval",
+        [f"checkpoint={best}", "save_predictions=true", "method=tiny"],  # 128 px: its card
     )
     measured = evaluate(ecfg)
     assert measured["ECSSD-TE"]["tiny"]["Sm"] == pytest.approx(results["ECSSD-TE"]["train"]["Sm"], abs=1e-6)

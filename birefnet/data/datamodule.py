@@ -14,6 +14,7 @@ from birefnet.data.dataset import DatasetValidationError, DISDataset, parse_sets
 from birefnet.data.io import set_max_image_pixels
 from birefnet.data.transforms import REFERENCE_AUGMENTATIONS, eval_transform, train_transform
 from birefnet.errors import ConfigError
+from birefnet.preprocessing import INTERPOLATIONS, NORMALIZATIONS
 
 __all__ = ["DISDataModule", "DynamicSizeCollate", "eval_collate"]
 
@@ -61,11 +62,16 @@ class DISDataModule(L.LightningDataModule):
         train_sets: ``'DIS-TR'``, ``'DIS-TR+DIS-VD'`` or a list; concatenated for training.
         val_sets / test_sets: one loader each, the set name kept so metrics come per dataset.
         size: training and evaluation size (height, width); multiples of 32.
+        eval_size: evaluation size when it differs from ``size``: ``[height, width]``, or ``"original"`` for each
+            image at its own size rounded to 32 (then ``eval_batch_size`` must be 1); ``None``: ``size``.
         batch_size: per-device training batch size; ``eval_batch_size`` for val/test.
         augmentations: names from flip, crop, rotate, enhance, pepper (reference: flip, enhance, rotate, pepper).
         background_synthesis: reference background-colour synthesis (keeps only the flip).
         dynamic_size: ``[min, max]`` per-batch random size for training (BiRefNet_dynamic), or ``None``.
-        normalization: ``imagenet`` (BiRefNet), ``u2net`` (per-image max, then ImageNet) or ``isnet`` (mean 0.5, std 1).
+        normalization: ``imagenet`` (BiRefNet), ``u2net`` (per-image max, then ImageNet) or ``isnet`` (mean 0.5, std 1);
+            the model's preprocessing card decides it in ``train.py`` and ``evaluate.py``.
+        interpolation: the evaluation resize filter (``bilinear``, ``bicubic``, ``area``, ``nearest``).
+        task: what these sets are for (``DIS5K``, ``COD``, ``SOD``...); written into the model's card by training.
         crop_size: random training crop after the resize (U2-Net: 288 from 320), or ``None``.
         cache_dir: keep training images resized to ``size`` here (lossless PNG) for the following epochs.
         normalize_on_device: loaders yield uint8 images; the LightningModule normalises them on the device.
@@ -97,11 +103,25 @@ class DISDataModule(L.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = True,
         max_image_pixels: int | None = None,
+        eval_size: Sequence[int] | str | None = None,
+        interpolation: str = "bilinear",
+        task: str = "",
     ) -> None:
         super().__init__()
         size = _check_size(size, "data.size")
+        if eval_size is not None and eval_size != "original":
+            eval_size = _check_size(eval_size, "data.eval_size")
+        if interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"data.interpolation must be one of {', '.join(INTERPOLATIONS)}, not {interpolation!r}.")
+        if normalization not in NORMALIZATIONS:
+            raise ConfigError(f"data.normalization must be one of {', '.join(NORMALIZATIONS)}, not {normalization!r}.")
         batch_size = _check_positive(batch_size, "data.batch_size")
         eval_batch_size = _check_positive(eval_batch_size, "data.eval_batch_size")
+        if eval_size == "original" and eval_batch_size != 1:
+            raise ConfigError(
+                "data.eval_size=original gives every image its own size, so data.eval_batch_size must be 1 "
+                f"(it is {eval_batch_size})."
+            )
         num_workers = _check_positive(num_workers, "data.num_workers", zero_ok=True)
         if max_image_pixels is not None:
             set_max_image_pixels(_check_positive(max_image_pixels, "data.max_image_pixels"))
@@ -110,6 +130,8 @@ class DISDataModule(L.LightningDataModule):
         self.val_sets = parse_sets(val_sets) if val_sets else []
         self.test_sets = parse_sets(test_sets) if test_sets else []
         self.size = size
+        self.eval_size = eval_size or size
+        self.interpolation, self.task = interpolation, task
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.augmentations = list(augmentations)
         self.background_synthesis = background_synthesis
@@ -131,7 +153,7 @@ class DISDataModule(L.LightningDataModule):
                 lambda n=n: DISDataset(
                     self.root,
                     n,
-                    eval_transform(self.size, self._loader_normalization),
+                    eval_transform(self.eval_size, self._loader_normalization, INTERPOLATIONS[self.interpolation]),
                     self.skip_invalid,
                     keep_full_mask=True,
                 )

@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 import torch
 
+from birefnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, normalize
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -26,14 +28,12 @@ __all__ = [
     "ColorEnhance",
     "PepperNoise",
     "RandomCenterCrop",
+    "ResizeToMultiple",
     "eval_transform",
-    "normalize_batch",
     "seed_pipeline",
     "train_transform",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 REFERENCE_AUGMENTATIONS = ("flip", "enhance", "rotate", "pepper")
 
 _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13.0
@@ -193,52 +193,26 @@ def seed_pipeline(pipeline: A.Compose, seed: int) -> None:
         transform.set_random_seed(seed + k * 7919)
 
 
-NORMALIZATIONS = ("imagenet", "u2net", "isnet", "none")
-
-
-def _mean_std(normalization: str) -> tuple[np.ndarray, np.ndarray]:
-    if normalization == "isnet":
-        return np.full(3, 0.5, np.float32), np.ones(3, np.float32)
-    return np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
-
-
-def normalize_batch(images: torch.Tensor, normalization: str = "imagenet") -> torch.Tensor:
-    """Normalise a ``(B, 3, H, W)`` batch of 0..255 values (uint8 or float) on its device, in fp32.
-
-    The same arithmetic as :class:`ToTensors` (so the result is identical), for pipelines that ship uint8
-    images to the GPU (4x less host-to-device traffic, no normalisation work in the loader workers).
-    """
-    x = images.float()
-    if normalization == "u2net":
-        scale = x.flatten(1).amax(dim=1).clamp(min=1e-6).view(-1, 1, 1, 1)
-    else:
-        scale = torch.tensor(255.0, device=x.device)
-    mean, std = (torch.from_numpy(v).to(x.device).view(1, 3, 1, 1) for v in _mean_std(normalization))
-    return (x / scale - mean) * (1.0 / std)
-
-
 class ToTensors(A.DualTransform):
     """CHW float image normalised for the network; mask to ``1 x H x W`` float in [0, 1].
 
-    ``normalization``: ``"imagenet"`` (BiRefNet: /255, ImageNet mean/std), ``"u2net"`` (U2-Net: divided by the
-    image's own maximum, then ImageNet mean/std), ``"isnet"`` (IS-Net: /255, mean 0.5, std 1.0) or ``"none"``
-    (uint8 CHW, for :func:`normalize_batch` on the device).
+    ``normalization``: one of :data:`birefnet.preprocessing.NORMALIZATIONS`, applied with
+    :func:`birefnet.preprocessing.normalize` (to the 256 levels, then looked up per pixel), or ``"none"`` (uint8
+    CHW, normalised later on the device by the same function).
     """
 
     def __init__(self, normalization: str = "imagenet") -> None:
         super().__init__(p=1.0)
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {normalization!r}.")
+        if normalization not in (*NORMALIZATIONS, "none"):
+            raise ValueError(f"normalization must be one of {(*NORMALIZATIONS, 'none')}, not {normalization!r}.")
         self.normalization = normalization
-        mean, std = _mean_std(normalization)
-        self._mean, self._inv_std = mean, 1.0 / std
+        self._levels = torch.arange(256, dtype=torch.float32).expand(3, 1, 256)
 
     def apply(self, img: np.ndarray, **params) -> torch.Tensor:
-        if self.normalization == "none":  # uint8 CHW, normalised later on the device (normalize_batch)
+        if self.normalization == "none":  # uint8 CHW, normalised later on the device
             return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        scale = max(float(img.max()), 1e-6) if self.normalization == "u2net" else 255.0
-        levels = np.arange(256, dtype=np.float32) / np.float32(scale)
-        luts = (levels[None, :] - self._mean[:, None]) * self._inv_std[:, None]  # 3 x 256 lookup tables
+        scale = float(img.max()) if self.normalization == "u2net" else 255.0
+        luts = normalize(self._levels, self.normalization, scale=scale)[:, 0].numpy()  # 3 x 256 lookup tables
         out = np.empty((3, *img.shape[:2]), np.float32)
         for c in range(3):
             np.take(luts[c], img[..., c], out=out[c])
@@ -304,10 +278,40 @@ def train_transform(
     return A.Compose(steps)
 
 
-def eval_transform(size: Sequence[int] | None = (1024, 1024), normalization: str = "imagenet") -> A.Compose:
-    """Resize to ``size`` = (height, width) (``None``: keep the size) and normalise."""
+class ResizeToMultiple(A.DualTransform):
+    """Resize image and mask to their own size rounded to the nearest multiple of ``divisor`` (BiRefNet_dynamic
+    inference: each image at about its own size)."""
+
+    def __init__(self, divisor: int = 32, interpolation: int = cv2.INTER_LINEAR) -> None:
+        super().__init__(p=1.0)
+        self.divisor, self.interpolation = divisor, interpolation
+
+    def _target(self, arr: np.ndarray) -> tuple[int, int]:
+        d = self.divisor
+        return max(d, round(arr.shape[1] / d) * d), max(d, round(arr.shape[0] / d) * d)
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        return cv2.resize(img, self._target(img), interpolation=self.interpolation)
+
+    def apply_to_mask(self, mask: np.ndarray, **params) -> np.ndarray:
+        return cv2.resize(mask, self._target(mask), interpolation=cv2.INTER_LINEAR)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("divisor", "interpolation")
+
+
+def eval_transform(
+    size: Sequence[int] | str | None = (1024, 1024),
+    normalization: str = "imagenet",
+    interpolation: int = cv2.INTER_LINEAR,
+    size_divisor: int = 32,
+) -> A.Compose:
+    """Resize to ``size`` = (height, width) with ``interpolation`` (an OpenCV flag), or to each image's own size
+    rounded to ``size_divisor`` (``"original"``), or not at all (``None``); then normalise."""
     steps: list = []
-    if size is not None:
-        steps.append(A.Resize(size[0], size[1], interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR))
+    if size == "original":
+        steps.append(ResizeToMultiple(size_divisor, interpolation))
+    elif size is not None:
+        steps.append(A.Resize(size[0], size[1], interpolation=interpolation, mask_interpolation=cv2.INTER_LINEAR))
     steps.append(ToTensors(normalization))
     return A.Compose(steps)

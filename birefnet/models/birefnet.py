@@ -244,7 +244,9 @@ class BiRefNet(PretrainedMixin, nn.Module):
     Args:
         backbone: ``swin_v1_{t,s,b,l}``, ``pvt_v2_{b0,b1,b2,b5}``, ``resnet50``, ``vgg16``, ``vgg16bn`` or
             ``timm/<name>`` (any timm model with ``features_only``).
-        backbone_weights: local ImageNet weights file for the backbone; ``None`` keeps random init.
+        backbone_weights: ImageNet weights for the backbone: a local file (official release or timm layout),
+            ``"timm"`` / ``"timm:<model>.<tag>"`` (fetched by timm into the Hugging Face cache), or ``None`` /
+            ``"none"`` for random initialisation.
         backbone_kwargs: extra arguments for the backbone (e.g. ``drop_path_rate``, timm ``img_size``).
         multi_scale_input: ``'cat'`` (second backbone pass at half resolution, concatenated), ``'add'`` or ``''``.
         context_num: how many of x1..x3 are resized and concatenated to x4 (``cxt_num``, 0..3).

@@ -1,5 +1,6 @@
-"""Load any model checkpoint: official BiRefNet ``.pth`` / Hugging Face ``model.safetensors``, official U2-Net and
-IS-Net files, and this project's ``.ckpt`` / ``.safetensors`` / ``.pth``.
+"""Load any model checkpoint: official BiRefNet ``.pth`` / Hugging Face ``model.safetensors`` (a file, a folder or a
+Hub repo), official U2-Net and IS-Net files, and this project's ``.ckpt`` / ``.safetensors`` / ``.pth``; save
+models with their description and preprocessing card.
 
 Which class to build comes from the file: the stored model description names it when there is one, otherwise
 :func:`infer_family` tells it from the keys. The constructor arguments are, in order of precedence, the caller's
@@ -12,6 +13,7 @@ downloaded because of what a file says.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import re
 from pathlib import Path
@@ -19,14 +21,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from birefnet.atomic import atomic_write_text
 from birefnet.errors import CheckpointError
+from birefnet.models.hub import CONFIG_FILE_NAME, WEIGHT_FILE_NAMES, ResolvedWeights, resolve_weights
 from birefnet.models.registry import MODEL_REGISTRY
 from birefnet.models.state_dict import (
     CONFIG_METADATA_KEY,
+    PREPROCESSING_METADATA_KEY,
     load_state_dict_strict,
     read_checkpoint,
     write_checkpoint,
 )
+from birefnet.models.zoo import family_card, find_zoo_entry
+from birefnet.preprocessing import PreprocessingCard
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,10 @@ __all__ = [
     "infer_birefnet_config",
     "infer_family",
     "load_model",
+    "model_card",
+    "push_to_hub",
     "save_model",
+    "save_pretrained",
 ]
 
 # backbone keyword arguments a stored description may not carry: they fetch or read weights (timm's
@@ -230,14 +240,25 @@ def checked_model_config(description: dict, source: str) -> tuple[str, dict]:
     return name, checked
 
 
-def load_model(path: str | Path, **overrides) -> nn.Module:
-    """Build the model a checkpoint belongs to and load its weights strictly; ``overrides`` win over the file.
+def load_model(reference: str | Path, preprocessing: PreprocessingCard | dict | None = None, **overrides) -> nn.Module:
+    """Build the model a checkpoint belongs to, load its weights strictly and give it its preprocessing card.
 
-    A BiRefNet in the legacy layout (files made before 2024-05-02, all trained before 2024-11-05) gets the legacy
-    patch order unless the file or the caller says otherwise; the log says which order was used and why.
+    Args:
+        reference: a weights file, a folder in Hugging Face layout, or a Hub repo (``hf:ZhengPeng7/BiRefNet``;
+            see :mod:`birefnet.models.hub` for the rule).
+        preprocessing: a card (or the fields to change) that wins over the stored one.
+        **overrides: constructor arguments that win over the file's.
+
+    The card is, in order: the caller's, the one stored in the file (or its ``config.json``), the model zoo's for
+    a known official name, the family default; the log says which and why. A BiRefNet in the legacy layout
+    (files made before 2024-05-02, all trained before 2024-11-05) gets the legacy patch order unless the file or
+    the caller says otherwise.
     """
-    sd, description = read_checkpoint(path)
-    source = str(path)
+    resolved = resolve_weights(reference)
+    content = read_checkpoint(resolved.path)
+    sd, source = content.state_dict, resolved.label
+    folder_config = resolved.config or {}
+    description = content.description or _config_entry(folder_config, CONFIG_METADATA_KEY, source)
     stored_class, stored = checked_model_config(description or {}, source)
     family = stored_class or infer_family(sd)
     inferred: dict = {}
@@ -257,8 +278,44 @@ def load_model(path: str | Path, **overrides) -> nn.Module:
         looks_like=inferred.get("backbone") or inferred.get("variant") or family,
         ignore=("num_batches_tracked",) if family != "BiRefNet" else (),
     )
-    log.info("Loaded %s from %s.", type(model).__name__, path)
+    stored_card = content.preprocessing or _config_entry(folder_config, PREPROCESSING_METADATA_KEY, source)
+    model.preprocessing, why = _choose_card(family, resolved, stored_card, preprocessing, source)
+    log.info("Loaded %s from %s; preprocessing %s (%s).", family, source, model.preprocessing.describe(), why)
     return model.eval()
+
+
+def _config_entry(config: dict, key: str, source: str) -> dict | None:
+    value = config.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise CheckpointError(f"{source}: config.json entry {key!r} must be a JSON object, not {type(value).__name__}.")
+    return value
+
+
+def _choose_card(
+    family: str, resolved: ResolvedWeights, stored: dict | None, requested, source: str
+) -> tuple[PreprocessingCard, str]:
+    """The card for a loaded model and the reason, for the log."""
+    if stored is not None:
+        try:
+            card, why = PreprocessingCard.from_dict(stored), "stored in the file"
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{source}: its preprocessing card is invalid ({err}). Pass preprocessing=... to replace it."
+            ) from None
+    else:
+        entry = find_zoo_entry(resolved.repo_id or resolved.reference) or find_zoo_entry(resolved.path.name)
+        if entry is not None and entry.family == family:
+            card, why = entry.card, f"model zoo entry {entry.name}"
+        else:
+            card, why = family_card(family), f"{family} default; the file stores none"
+    if requested is None:
+        return card, why
+    if isinstance(requested, PreprocessingCard):
+        return requested, "as requested"
+    try:
+        return card.replace(**dict(requested)), f"as requested, over the {why}"
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"preprocessing={requested!r}: {err}") from None
 
 
 def _patch_order(config: dict, stored: dict, overrides: dict, source: str) -> str:
@@ -285,19 +342,101 @@ def model_description(model: nn.Module) -> dict:
     return {"class": type(model).__name__, **getattr(model, "config", {})}
 
 
+def model_card(model: nn.Module) -> PreprocessingCard:
+    """The model's preprocessing card (its family default when it has none of its own)."""
+    card = getattr(model, "preprocessing", None)
+    return card if isinstance(card, PreprocessingCard) else family_card(type(model).__name__)
+
+
 def save_model(model: nn.Module, path: str | Path) -> None:
-    """Write the weights and the model description, in the format the name asks for (``.safetensors`` or
-    ``.pth`` / ``.pt``), atomically; :func:`load_model` reads it back."""
-    write_checkpoint(path, model.state_dict(), model_description(model))
+    """Write the weights, the model description and the preprocessing card, in the format the name asks for
+    (``.safetensors`` or ``.pth`` / ``.pt``), atomically; :func:`load_model` reads them back."""
+    write_checkpoint(path, model.state_dict(), model_description(model), model_card(model).to_dict())
+
+
+def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``folder`` (Hugging Face layout); returns the folder.
+
+    The weights keep the reference key names (an official BiRefNet loads them key for key), and
+    ``config.json`` holds the class, the constructor arguments and the preprocessing card, which
+    :func:`load_model` (``from_pretrained``) reads back from the folder or from a Hub repo made of it.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    description, card = model_description(model), model_card(model).to_dict()
+    write_checkpoint(folder / WEIGHT_FILE_NAMES[0], model.state_dict(), description, card)
+    config = {
+        "architectures": [type(model).__name__],
+        "library_name": "birefnet",
+        CONFIG_METADATA_KEY: description,
+        PREPROCESSING_METADATA_KEY: card,
+    }
+    atomic_write_text(folder / CONFIG_FILE_NAME, json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def push_to_hub(
+    model: nn.Module,
+    repo_id: str,
+    private: bool = False,
+    commit_message: str = "Upload model",
+    token: str | None = None,
+) -> str:
+    """:func:`save_pretrained` into a temporary folder and upload it to ``repo_id`` (created if needed) with
+    ``huggingface_hub``; returns the commit URL."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+    log.info("Uploaded %s to %s.", type(model).__name__, repo_id)
+    return str(getattr(info, "commit_url", info))
 
 
 class PretrainedMixin:
-    """Loading entry points shared by every model class."""
+    """Loading and saving entry points and the preprocessing card, shared by every model class."""
+
+    @property
+    def preprocessing(self) -> PreprocessingCard:
+        """How inputs must be prepared for this model's weights (see :class:`PreprocessingCard`)."""
+        return self.__dict__.get("_preprocessing") or family_card(type(self).__name__)
+
+    @preprocessing.setter
+    def preprocessing(self, card: PreprocessingCard) -> None:
+        if not isinstance(card, PreprocessingCard):
+            raise TypeError(f"preprocessing must be a PreprocessingCard, not {type(card).__name__}.")
+        self.__dict__["_preprocessing"] = card
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **overrides):
+        """Load from a weights file, a Hugging Face layout folder or a Hub repo id (``"ZhengPeng7/BiRefNet"``,
+        ``"hf:ZhengPeng7/BiRefNet_HR@main"``), with its preprocessing card; see :func:`load_model`."""
+        return cls._checked(load_model(name_or_path, **overrides), name_or_path)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **overrides):
-        """Build the model a checkpoint was saved from and load it strictly (see :func:`load_model`)."""
-        model = load_model(path, **overrides)
+        """Load from a local weights file (no Hub lookup); see :func:`load_model`."""
+        if not Path(path).expanduser().is_file():
+            raise FileNotFoundError(
+                f"Checkpoint {path} is not a file; pass a weights file, or use from_pretrained() for a folder or a "
+                "Hugging Face repo."
+            )
+        return cls._checked(load_model(Path(path), **overrides), path)
+
+    @classmethod
+    def _checked(cls, model: nn.Module, source) -> nn.Module:
         if not isinstance(model, cls):
-            raise CheckpointError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}.")
+            raise CheckpointError(f"{source} holds a {type(model).__name__}, not a {cls.__name__}.")
         return model
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` (see :func:`save_pretrained`)."""
+        return save_pretrained(self, folder)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload to the Hugging Face Hub (see :func:`push_to_hub`)."""
+        return push_to_hub(self, repo_id, **kwargs)

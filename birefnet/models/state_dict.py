@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -19,7 +20,9 @@ from birefnet.errors import CheckpointError
 
 __all__ = [
     "CONFIG_METADATA_KEY",
+    "PREPROCESSING_METADATA_KEY",
     "WEIGHT_SUFFIXES",
+    "CheckpointContent",
     "file_format",
     "load_state_dict_strict",
     "read_checkpoint",
@@ -32,6 +35,9 @@ __all__ = [
 #: Where the model description (class and constructor arguments) is stored: a safetensors metadata entry
 #: (JSON text) or a top-level entry of a torch file / Lightning checkpoint (plain data).
 CONFIG_METADATA_KEY = "birefnet_model"
+#: Where the preprocessing card (:class:`birefnet.preprocessing.PreprocessingCard` as plain data) is stored, the
+#: same way.
+PREPROCESSING_METADATA_KEY = "birefnet_preprocessing"
 #: File names :func:`write_checkpoint` writes, by format.
 WEIGHT_SUFFIXES = {".safetensors": "safetensors", ".pth": "torch", ".pt": "torch", ".bin": "torch"}
 
@@ -115,35 +121,46 @@ def strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {pattern.sub("", k): v for k, v in sd.items()}
 
 
-def _metadata(path: Path, raw: dict) -> dict | None:
+def _metadata(path: Path, raw: dict, key: str) -> dict | None:
+    """The JSON object stored under ``key`` (safetensors metadata text, or a top-level entry of a torch file)."""
+    what = "model description" if key == CONFIG_METADATA_KEY else "preprocessing card"
     if file_format(path) == "safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            text = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+            text = (f.metadata() or {}).get(key)
         if text is None:
             return None
         try:
             meta = json.loads(text)
         except json.JSONDecodeError as err:
             raise CheckpointError(
-                f"{path}: the model description in its metadata ({CONFIG_METADATA_KEY!r}) is not valid JSON "
+                f"{path}: the {what} in its metadata ({key!r}) is not valid JSON "
                 f"({err.msg} at character {err.pos}). Re-save the file with birefnet.models.save_model."
             ) from None
     else:
-        meta = raw.get(CONFIG_METADATA_KEY)
+        meta = raw.get(key)
         if meta is None:
             return None
     if not isinstance(meta, dict):
         raise CheckpointError(
-            f"{path}: the model description ({CONFIG_METADATA_KEY!r}) must be a JSON object of constructor "
-            f"arguments, not a {type(meta).__name__}. Re-save the file with birefnet.models.save_model."
+            f"{path}: the {what} ({key!r}) must be a JSON object, not a {type(meta).__name__}. Re-save the file "
+            "with birefnet.models.save_model."
         )
     return meta
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Tensors of a checkpoint (wrappers and prefixes removed) and the stored model description, if any."""
+class CheckpointContent(NamedTuple):
+    """What :func:`read_checkpoint` finds in a file; the two metadata entries are ``None`` when absent."""
+
+    state_dict: dict[str, torch.Tensor]
+    description: dict | None
+    preprocessing: dict | None
+
+
+def read_checkpoint(path: str | Path) -> CheckpointContent:
+    """Tensors of a checkpoint (wrappers and prefixes removed), the stored model description and preprocessing
+    card (plain data, not yet checked against a model class)."""
     path = Path(path)
     raw = read_state_dict(path)
     if not isinstance(raw, dict):
@@ -151,14 +168,19 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | N
     sd = strip_prefixes(unwrap_state_dict(raw))
     if not sd:
         raise CheckpointError(f"{path} holds no tensors; it is not a model weights file.")
-    return sd, _metadata(path, raw)
+    return CheckpointContent(
+        sd, _metadata(path, raw, CONFIG_METADATA_KEY), _metadata(path, raw, PREPROCESSING_METADATA_KEY)
+    )
 
 
-def write_checkpoint(path: str | Path, sd: dict[str, torch.Tensor], description: dict) -> None:
-    """Write tensors and a model description atomically, in the format the file name asks for.
+def write_checkpoint(
+    path: str | Path, sd: dict[str, torch.Tensor], description: dict, preprocessing: dict | None = None
+) -> None:
+    """Write tensors, a model description and a preprocessing card atomically, in the format the name asks for.
 
-    ``.safetensors``: safetensors with the description as JSON metadata. ``.pth`` / ``.pt`` / ``.bin``: a torch
-    file ``{"state_dict": ..., "birefnet_model": ...}`` of tensors and plain data that ``weights_only`` reads.
+    ``.safetensors``: safetensors with the two as JSON metadata (and ``format: pt``, which the Hugging Face
+    loaders require). ``.pth`` / ``.pt`` / ``.bin``: a torch file ``{"state_dict": ..., "birefnet_model": ...,
+    "birefnet_preprocessing": ...}`` of tensors and plain data that ``weights_only`` reads.
     """
     path = Path(path)
     fmt = WEIGHT_SUFFIXES.get(path.suffix.lower())
@@ -172,9 +194,15 @@ def write_checkpoint(path: str | Path, sd: dict[str, torch.Tensor], description:
         if fmt == "safetensors":
             from safetensors.torch import save_file
 
-            save_file(tensors, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(description)})
+            metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(description)}
+            if preprocessing is not None:
+                metadata[PREPROCESSING_METADATA_KEY] = json.dumps(preprocessing)
+            save_file(tensors, str(tmp), metadata=metadata)
         else:
-            torch.save({"state_dict": tensors, CONFIG_METADATA_KEY: json.loads(json.dumps(description))}, tmp)
+            content = {"state_dict": tensors, CONFIG_METADATA_KEY: json.loads(json.dumps(description))}
+            if preprocessing is not None:
+                content[PREPROCESSING_METADATA_KEY] = json.loads(json.dumps(preprocessing))
+            torch.save(content, tmp)
 
 
 def load_state_dict_strict(
