@@ -13,7 +13,8 @@ Two modes (configs/eval.yaml):
 
 Outputs in the run directory: ``results.json`` (``{set: {method: {metric: value}}}``), ``.csv``, ``.md``,
 ``.tex``, ``published.md`` (measured rows next to published DIS5K numbers), per-set PR and F-threshold
-curve plots, and ``worst_cases.json`` (the images with the highest MAE per set and method).
+curve plots and their values (``curves.json``), and ``worst_cases.json`` (the images with the highest MAE per set
+and method). Under DDP every output covers all processes' images.
 """
 
 from __future__ import annotations
@@ -214,8 +215,8 @@ def evaluate_prediction_folders(
 class _EvalModule(DISLitModule):
     """Test-only wrapper: fixed preprocessing is done by the data pipeline; optionally writes PNGs."""
 
-    def __init__(self, net: torch.nn.Module, prediction_dir: str | None = None) -> None:
-        super().__init__(net, log_images=0)
+    def __init__(self, net: torch.nn.Module, prediction_dir: str | None = None, worst_cases: int = 10) -> None:
+        super().__init__(net, log_images=0, worst_cases=worst_cases)
         self.prediction_dir = prediction_dir
 
     def setup(self, stage: str) -> None:
@@ -267,7 +268,7 @@ def evaluate_checkpoint(cfg: DictConfig, method: str) -> tuple[dict, dict, dict]
         overrides["eval_size"] = list(card.input_size)
     datamodule: L.LightningDataModule = instantiate(cfg.data, **overrides)
     pred_dir = str(Path(cfg.paths.output_dir) / "predictions" / method) if cfg.get("save_predictions") else None
-    module = _EvalModule(net, pred_dir)
+    module = _EvalModule(net, pred_dir, cfg.get("worst_cases", 10))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     trainer.test(module, datamodule=datamodule)
     results, curves, worst = {}, {}, {}
@@ -341,6 +342,11 @@ def evaluate(cfg: DictConfig) -> dict:
                     {s: merged[s] for s in results if s in PUBLISHED}, "measured vs published (not measured here)"
                 )
         atomic_write_text(output_dir / "worst_cases.json", json.dumps(worst, indent=1))
+        curve_values = {
+            s: {m: {k: [round(float(v), 8) for v in c] for k, c in mc.items()} for m, mc in ms.items()}
+            for s, ms in curves.items()
+        }
+        atomic_write_text(output_dir / "curves.json", json.dumps(curve_values))
         plots = _plot_curves(curves, output_dir)
         log.info(
             "Results in %s (json/csv/md/tex), published comparison in published.md, plots: %s, worst cases: "

@@ -45,6 +45,7 @@ class DISLitModule(L.LightningModule):
             training: fine-tuning. Loaded strictly.
         channels_last: keep the network and its inputs in channels-last memory format (faster convolutions
             with tensor cores under bf16/fp16).
+        worst_cases: how many images with the highest MAE the test results list per set.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class DISLitModule(L.LightningModule):
         input_key: str = "image",
         init_from: str | None = None,
         channels_last: bool = False,
+        worst_cases: int = 10,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
@@ -196,7 +198,7 @@ class DISLitModule(L.LightningModule):
             if stage == "test":
                 self.final_test_results[name] = {k: float(v) for k, v in values.items()}
                 self.final_test_curves[name] = store[name].curves()
-                self.final_test_worst[name] = store[name].worst(10)
+                self.final_test_worst[name] = store[name].worst(self.hparams.worst_cases)
             for key, value in values.items():
                 self.log(f"{stage}/{name}/{key}", value.float(), add_dataloader_idx=False)
             store[name].reset()

@@ -131,12 +131,13 @@ def test_ddp_evaluation_equals_single_process_without_double_counting(tmp_path):
         f"checkpoint={tmp_path / 'm.safetensors'}",
         f"data.root={tmp_path / 'data'}",
         "data.test_sets=[ODD]",
-        "data.size=[64,64]",
+        "size=[64,64]",
         "data.eval_batch_size=1",  # one image per batch in both runs: only double counting could differ
+        "worst_cases=12",
         "data.num_workers=0",
         "trainer.accelerator=cpu",
     ]
-    results = {}
+    results, curves, worst = {}, {}, {}
     for name, extra in (
         ("single", []),
         ("ddp", ["trainer=ddp", "trainer.devices=2", "trainer.sync_batchnorm=false", "trainer.precision=32-true"]),
@@ -151,5 +152,12 @@ def test_ddp_evaluation_equals_single_process_without_double_counting(tmp_path):
         )
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         results[name] = json.loads((out / "results.json").read_text())["ODD"]["m"]
+        curves[name] = json.loads((out / "curves.json").read_text())["ODD"]["m"]
+        worst[name] = json.loads((out / "worst_cases.json").read_text())["ODD"]["m"]
     for key, value in results["single"].items():
         assert results["ddp"][key] == pytest.approx(value, abs=1e-6), key
+    # the curves and the worst cases come from every process's images, not rank 0's share
+    for key, values in curves["single"].items():
+        assert curves["ddp"][key] == pytest.approx(values, abs=1e-6), key
+    assert [r["name"] for r in worst["ddp"]] == [r["name"] for r in worst["single"]]
+    assert len(worst["single"]) == 12  # worst_cases=12 is honoured in checkpoint mode

@@ -48,7 +48,7 @@ class DISMetrics(Metric):
     ) -> None:
         super().__init__(**kwargs)
         self.with_hce, self.with_boundary = with_hce, with_boundary
-        #: keep (name, MAE, Sm) per image on this process for worst-case listings (not synchronised)
+        #: keep (name, MAE, Sm) per image for worst-case listings (gathered from every process by :meth:`worst`)
         self.keep_per_image = keep_per_image
         self.per_image: list[tuple[str, float, float]] = []
         for name in SCALARS:
@@ -125,22 +125,31 @@ class DISMetrics(Metric):
         return out
 
     def curves(self) -> dict[str, torch.Tensor]:
-        """Image-averaged F, E, precision and recall curves (256 thresholds, descending)."""
-        n = self.count.clamp(min=1)
-        return {
-            "fm": self.fm_curve / n,
-            "em": self.em_curve / n,
-            "precision": self.precision / n,
-            "recall": self.recall / n,
-        }
+        """Image-averaged F, E, precision and recall curves (256 thresholds, descending), over every process's
+        images: the states are synchronised for the computation (a collective call under DDP, like ``compute``)."""
+        with self.sync_context():
+            n = self.count.clamp(min=1)
+            return {
+                "fm": self.fm_curve / n,
+                "em": self.em_curve / n,
+                "precision": self.precision / n,
+                "recall": self.recall / n,
+            }
 
     def mean_of_max_fm(self) -> torch.Tensor:
         """The other max-F convention: the mean over images of each image's best F (never below ``maxFm``)."""
         return self.max_fm_sum / self.count.clamp(min=1)
 
     def worst(self, k: int = 10) -> list[dict]:
-        """The ``k`` images with the highest MAE seen by this process (needs ``keep_per_image=True``)."""
-        rows = sorted(self.per_image, key=lambda r: -r[1])[:k]
+        """The ``k`` images with the highest MAE over every process's images (needs ``keep_per_image=True``; a
+        collective call under DDP, like ``compute``)."""
+        rows = list(self.per_image)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        rows = sorted(rows, key=lambda r: (-r[1], r[0]))[:k]
         return [{"name": n, "MAE": m, "Sm": s} for n, m, s in rows]
 
     def reset(self) -> None:
