@@ -1,11 +1,13 @@
-"""Benchmarks: ``python -m birefnet.bench [model|metrics|data] [options]``.
+"""Benchmarks: ``birefnet bench {model,metrics,data,memory} [options]``.
 
 * ``model`` (default): training step (forward, full loss incl. the gradient-reference term, backward, AdamW
   step) and inference of BiRefNet and U2-Net on random data; CUDA events after warm-up on a GPU, wall clock on
   CPU. With no arguments on a CPU-only machine it runs a tiny configuration in well under a minute.
 * ``metrics``: the DIS metric suite per 1024x1024 image against PySODMetrics (run in another interpreter
-  given by ``--reference-python``, since it pins an older numpy), both timed in one run with the ratio.
-* ``data``: training-pipeline samples/s per CPU core at 1024x1024 from 2048x1536 JPEG sources.
+  given by ``--reference-python``, since it pins an older numpy), both timed in one run with the ratio, and
+  ``DISMetrics.update`` on uint8 maps and on float probabilities (what validation passes).
+* ``data``: training-pipeline samples/s per CPU core at 1024x1024 from 2048x1536 JPEG sources (synthetic, or
+  the images of ``--source``).
 * ``memory``: activation bytes the training forward keeps for backward, counted on the ``meta`` device.
 
 Every command prints a table and writes JSON (``--json``) with the machine named.
@@ -19,7 +21,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["bench_activation_memory", "bench_data", "bench_metrics", "bench_model", "machine"]
+__all__ = [
+    "add_arguments",
+    "bench_activation_memory",
+    "bench_data",
+    "bench_metrics",
+    "bench_model",
+    "machine",
+    "run_from_args",
+]
 
 
 def machine() -> str:
@@ -90,24 +99,29 @@ def _forward_flops(net: torch.nn.Module, x: torch.Tensor) -> float:
 
 def bench_model(
     model: str = "birefnet",
-    backbone: str = "pvt_v2_b0",
-    size: int = 256,
-    batch: int = 2,
+    backbone: str | None = None,
+    size: int | None = None,
+    batch: int | None = None,
     precision: str = "bf16",
     compile: bool = False,
     modes: tuple[str, ...] = ("train", "infer"),
     warmup: int = 2,
-    iters: int = 5,
+    iters: int | None = None,
     decoder_attention: str = "ASPPDeformable",
     channels_last: bool = False,
     grad_checkpointing: bool = False,
     deform_impl: str = "auto",
 ) -> list[dict]:
-    """Time the training step and/or inference of one configuration; returns table rows."""
+    """Time the training step and/or inference of one configuration; returns table rows.
+
+    ``backbone``, ``size``, ``batch`` and ``iters`` default to the paper model on a GPU (Swin-V1-L, 1024, 4, 10)
+    and to a tiny configuration on a CPU (PVT-v2-b0, 256, 2, 3)."""
     from birefnet.losses import DISLoss, MultiBCELoss
     from birefnet.models import BiRefNet, U2Net
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    defaults = ("swin_v1_l", 1024, 4, 10) if device.type == "cuda" else ("pvt_v2_b0", 256, 2, 3)
+    backbone, size, batch, iters = (v if v is not None else d for v, d in zip((backbone, size, batch, iters), defaults))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     if model == "birefnet":
         net = BiRefNet(
@@ -265,6 +279,39 @@ def _folder_pairs(pred_dir: str, gt_dir: str, limit: int) -> list[tuple[Path, Pa
     return pairs[:limit]
 
 
+def _bench_update(loaded: list[tuple[np.ndarray, np.ndarray]]) -> list[dict]:
+    """``DISMetrics.update`` per image on uint8 maps and on float32 probabilities (the validation path), with
+    PySODMetrics' metric set and with the full suite, after one warm-up update; best of 3 per image, median over
+    images."""
+    from birefnet.metrics import DISMetrics
+
+    rows = []
+    for metrics, with_boundary in (("MAE S E F wF HCE", False), ("MAE S E F wF HCE mBA BIoU IoU Dice", True)):
+        for kind, convert in (
+            ("uint8 maps", lambda a: torch.from_numpy(a)),
+            ("float probabilities", lambda a: torch.from_numpy(a.astype(np.float32) / 255.0)),
+        ):
+            inputs = [(convert(p)[None], torch.from_numpy(g)[None]) for p, g in loaded]
+            metric = DISMetrics(with_boundary=with_boundary)
+            metric.update([inputs[0][0]], [inputs[0][1]])
+            times = []
+            for pred, gt in inputs:
+                best = float("inf")
+                for _ in range(3):
+                    t = time.perf_counter()
+                    metric.update([pred], [gt])
+                    best = min(best, (time.perf_counter() - t) * 1000)
+                times.append(best)
+            rows.append(
+                {
+                    "implementation": f"DISMetrics.update, {kind} (1 process)",
+                    "metrics": metrics,
+                    "ms / image": statistics.median(times),
+                }
+            )
+    return rows
+
+
 def bench_metrics(
     images: int = 20,
     size: int = 1024,
@@ -309,6 +356,7 @@ def bench_metrics(
                     best = min(best, (time.perf_counter() - t) * 1000)
                 times.append(best)
             rows.append({"implementation": label, "metrics": metrics, "ms / image": statistics.median(times)})
+        rows += _bench_update(loaded)
         workers = workers or os.cpu_count() or 1
         if workers > 1:
             from concurrent.futures import ProcessPoolExecutor
@@ -393,6 +441,23 @@ def bench_metric_parts(images: int = 20, size: int = 1024) -> list[dict]:
 
 
 # -- data ----------------------------------------------------------------------------------------------------
+def _sources(source: str | None, n: int):
+    """``n`` (BGR image, mask) pairs: the first of a DIS-layout folder ``source`` (``im/``, ``gt/``), or smooth
+    random photographs-like images with blob masks, so that the command needs no data files."""
+    import cv2
+
+    if source:
+        for im in sorted((Path(source) / "im").glob("*.jpg"))[:n]:
+            yield cv2.imread(str(im)), cv2.imread(str(Path(source) / "gt" / f"{im.stem}.png"), 0)
+        return
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        img = cv2.GaussianBlur(rng.random((384, 512, 3), dtype=np.float32), (0, 0), 6) * 255
+        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)  # texture for the JPEG coder
+        field = cv2.GaussianBlur(rng.standard_normal((384, 512)).astype(np.float32), (0, 0), 30)
+        yield img, (field > np.quantile(field, 0.6)).astype(np.uint8) * 255
+
+
 def bench_data(samples: int = 60, source: str | None = None) -> list[dict]:
     """Training pipeline (decode, resize, reference augmentations, normalise) on one core, 2048x1536 JPEGs."""
     import cv2
@@ -402,14 +467,13 @@ def bench_data(samples: int = 60, source: str | None = None) -> list[dict]:
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    src = Path(source) if source else Path(__file__).resolve().parent.parent / "data" / "sample" / "ECSSD-TR"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "BIG"
         (root / "im").mkdir(parents=True)
         (root / "gt").mkdir()
-        for i, im in enumerate(sorted((src / "im").glob("*.jpg"))[:20]):
-            img = cv2.resize(cv2.imread(str(im)), (2048, 1536), interpolation=cv2.INTER_CUBIC)
-            gt = cv2.resize(cv2.imread(str(src / "gt" / f"{im.stem}.png"), 0), (2048, 1536))
+        for i, (img, gt) in enumerate(_sources(source, 20)):
+            img = cv2.resize(img, (2048, 1536), interpolation=cv2.INTER_CUBIC)
+            gt = cv2.resize(gt, (2048, 1536))
             cv2.imwrite(str(root / "im" / f"{i:03d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
             cv2.imwrite(str(root / "gt" / f"{i:03d}.png"), gt)
         rows = []
@@ -435,75 +499,60 @@ def bench_data(samples: int = 60, source: str | None = None) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m birefnet.bench", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
+def _modes(text: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``birefnet bench`` sub-commands; every option is the keyword argument of the function it runs."""
+    sub = parser.add_subparsers(dest="bench", required=True)
     m = sub.add_parser("model", help="training step and inference timing")
+    m.set_defaults(run=bench_model)
     m.add_argument("--model", default="birefnet", choices=["birefnet", "u2net", "u2netp"])
     m.add_argument("--backbone", default=None, help="default: pvt_v2_b0 on CPU, swin_v1_l on GPU")
     m.add_argument("--size", type=int, default=None)
     m.add_argument("--batch", type=int, default=None)
     m.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     m.add_argument("--compile", action="store_true")
-    m.add_argument("--modes", default="train,infer")
+    m.add_argument("--modes", type=_modes, default=("train", "infer"))
+    m.add_argument("--warmup", type=int, default=2)
     m.add_argument("--iters", type=int, default=None)
     m.add_argument("--decoder-attention", default="ASPPDeformable")
     m.add_argument("--channels-last", action="store_true")
     m.add_argument("--grad-checkpointing", action="store_true")
     m.add_argument("--deform-impl", default="auto", choices=["auto", "torchvision", "grid_sample"])
     mt = sub.add_parser("metrics", help="metric suite vs PySODMetrics")
+    mt.set_defaults(run=bench_metrics)
     mt.add_argument("--images", type=int, default=20)
     mt.add_argument("--size", type=int, default=1024)
     mt.add_argument("--reference-python", default=None, help="interpreter with pysodmetrics installed")
     mt.add_argument("--workers", type=int, default=None)
     mt.add_argument("--pred-dir", default=None, help="time saved predictions (PNG) instead of synthetic pairs")
     mt.add_argument("--gt-dir", default=None, help="their masks, matched by file stem")
-    mt.add_argument("--parts", action="store_true", help="time each stage instead (synthetic pairs)")
+    parts = sub.add_parser("metric-parts", help="each stage of the metric suite alone (synthetic pairs)")
+    parts.set_defaults(run=bench_metric_parts)
+    parts.add_argument("--images", type=int, default=20)
+    parts.add_argument("--size", type=int, default=1024)
     mem = sub.add_parser("memory", help="activation memory kept for backward (meta device, no GPU needed)")
+    mem.set_defaults(run=bench_activation_memory)
     mem.add_argument("--backbone", default="swin_v1_l")
     mem.add_argument("--size", type=int, default=1024)
     d = sub.add_parser("data", help="training data pipeline throughput")
+    d.set_defaults(run=bench_data)
     d.add_argument("--samples", type=int, default=60)
-    for p in (m, mt, mem, d):
+    d.add_argument("--source", default=None, help="a DIS-layout folder (im/, gt/); default: synthetic images")
+    for p in (m, mt, parts, mem, d):
         p.add_argument("--json", default=None, help="write the rows here")
-    args = parser.parse_args(argv)
-    command = args.command or "model"
-    if command == "model":
-        gpu = torch.cuda.is_available()
-        defaults = ("swin_v1_l", 1024, 4, 10) if gpu else ("pvt_v2_b0", 256, 2, 3)
-        rows = bench_model(
-            getattr(args, "model", "birefnet"),
-            getattr(args, "backbone", None) or defaults[0],
-            getattr(args, "size", None) or defaults[1],
-            getattr(args, "batch", None) or defaults[2],
-            getattr(args, "precision", "bf16"),
-            getattr(args, "compile", False),
-            tuple(getattr(args, "modes", "train,infer").split(",")),
-            2,
-            getattr(args, "iters", None) or defaults[3],
-            getattr(args, "decoder_attention", "ASPPDeformable"),
-            getattr(args, "channels_last", False),
-            getattr(args, "grad_checkpointing", False),
-            getattr(args, "deform_impl", "auto"),
-        )
-    elif command == "memory":
-        rows = bench_activation_memory(args.backbone, args.size)
-    elif command == "metrics":
-        if args.parts:
-            rows = bench_metric_parts(args.images, args.size)
-        else:
-            rows = bench_metrics(
-                args.images, args.size, args.reference_python, args.workers, args.pred_dir, args.gt_dir
-            )
-    else:
-        rows = bench_data(args.samples)
-    title = f"birefnet.bench {command} on {machine()} (torch {torch.__version__})"
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the chosen benchmark with the parsed options as keyword arguments; print the table, write JSON."""
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("command", "bench", "run", "json")}
+    rows = args.run(**kwargs)
+    title = f"birefnet bench {args.bench} on {machine()} (torch {torch.__version__})"
     _print_table(rows, title)
-    if getattr(args, "json", None):
+    if args.json:
         Path(args.json).write_text(
             json.dumps({"machine": machine(), "torch": torch.__version__, "rows": rows}, indent=1)
         )
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    return 0

@@ -1,5 +1,5 @@
 """The ``birefnet`` console command: ``birefnet predict ...``, ``birefnet export-onnx ...``, ``birefnet params``,
-``birefnet zoo``."""
+``birefnet zoo``, ``birefnet bench ...``."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _params(args: argparse.Namespace) -> int:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    from birefnet import export, predict
+    from birefnet import bench, export, predict
 
     parser = argparse.ArgumentParser(prog="birefnet")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("backbones", nargs="*")
     c.add_argument("--layout", default="current", choices=["current", "legacy"])
     sub.add_parser("zoo", help="the released weights by name, with their preprocessing cards (Markdown table)")
+    bench.add_arguments(sub.add_parser("bench", help="speed and memory benchmarks (table + --json)"))
     args = parser.parse_args(argv)
     if args.command == "zoo":
         from birefnet.models.zoo import zoo_markdown
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return predict.run_from_args(args)
     if args.command == "export-onnx":
         return export.run_from_args(args)
+    if args.command == "bench":
+        return bench.run_from_args(args)
     return _params(args)
 
 

@@ -31,17 +31,18 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from birefnet.atomic import atomic_path, atomic_write_text
+from birefnet.atomic import atomic_write_text
 from birefnet.data.dataset import find_pairs, problem_listing
 from birefnet.data.io import ImageReadError, read_mask, write_png
 from birefnet.errors import ConfigError, UserError
 from birefnet.lit_module import DISLitModule
 from birefnet.metrics import DISMetrics
-from birefnet.metrics.functional import image_scores
+from birefnet.metrics.dis import score_image
 from birefnet.metrics.kernels import compile_kernels
 from birefnet.models import load_model
 from birefnet.models.checkpoint import model_card
-from birefnet.utils import METRIC_ORDER, save_config, write_results
+from birefnet.reporting import full_size_uint8, plot_curves, print_table, write_curves, write_results
+from birefnet.utils import save_config
 
 log = logging.getLogger("birefnet")
 
@@ -69,57 +70,6 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
 }
 
 
-def _print_table(results: Mapping, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    keys = [k for k in METRIC_ORDER if any(k in m for s in results.values() for m in s.values())]
-    table = Table(title=title)
-    for col in ("Dataset", "Method", *keys):
-        table.add_column(col, justify="left" if col in ("Dataset", "Method") else "right")
-    for s, methods in results.items():
-        for method, vals in methods.items():
-            table.add_row(
-                s,
-                method,
-                *(("-" if k not in vals else f"{vals[k]:.0f}" if k == "HCE" else f"{vals[k]:.3f}") for k in keys),
-            )
-    Console(width=max(120, 14 * (len(keys) + 2))).print(table)
-
-
-def _plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]], output_dir: Path) -> list[Path]:
-    # a bare Figure (no pyplot): no global backend switch, so notebooks keep their inline plots
-    from matplotlib.figure import Figure
-
-    paths = []
-    for set_name, methods in curves.items():
-        fig = Figure(figsize=(10, 4.2))
-        ax_pr, ax_f = fig.subplots(1, 2)
-        thresholds = torch.arange(255, -1, -1)
-        for method, c in methods.items():
-            ax_pr.plot(c["recall"].numpy(), c["precision"].numpy(), label=method)
-            ax_f.plot(thresholds.numpy(), c["fm"].numpy(), label=method)
-        ax_pr.set(
-            xlabel="recall", ylabel="precision", title=f"{set_name}: precision-recall", xlim=(0, 1), ylim=(0, 1.02)
-        )
-        ax_f.set(
-            xlabel="threshold (of 255)",
-            ylabel="F-measure (beta^2 = 0.3)",
-            title=f"{set_name}: F vs threshold",
-            xlim=(0, 255),
-            ylim=(0, 1.02),
-        )
-        for ax in (ax_pr, ax_f):
-            ax.grid(alpha=0.3)
-            ax.legend(loc="lower left")
-        fig.tight_layout()
-        path = output_dir / f"curves_{set_name}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-        paths.append(path)
-    return paths
-
-
 def _score_pair(job: tuple[str, str, str]):
     """Worker: read one prediction and its mask, resize the prediction if needed, score it.
 
@@ -135,7 +85,7 @@ def _score_pair(job: tuple[str, str, str]):
     resized = pred.shape != gt.shape
     if resized:
         pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return name, image_scores(pred, gt), resized, None
+    return name, score_image(pred, gt), resized, None
 
 
 def evaluate_prediction_folders(
@@ -186,7 +136,7 @@ def evaluate_prediction_folders(
                         if problem:
                             unreadable.append(problem)
                         else:
-                            metric.add_scores(scores, name)
+                            metric.add_scores(scores[0], name, scores[1])
                             resized += was_resized
                         progress.advance(task)
                 if unreadable:
@@ -231,8 +181,7 @@ class _EvalModule(DISLitModule):
             out = Path(self.prediction_dir) / set_name
             out.mkdir(parents=True, exist_ok=True)
             for p, m, name in zip(probs, batch["mask_full"], batch["name"], strict=True):
-                full = torch.nn.functional.interpolate(p[None], size=m.shape[-2:], mode="bilinear", align_corners=True)
-                write_png(out / f"{name}.png", (full[0, 0].clamp(0, 1) * 255).byte().cpu().numpy())
+                write_png(out / f"{name}.png", full_size_uint8(p, m.shape[-2:]).cpu().numpy())
 
 
 def checkpoint_preprocessing(net: torch.nn.Module, size=None, preprocessing: str | None = None):
@@ -330,7 +279,7 @@ def evaluate(cfg: DictConfig) -> dict:
         or torch.distributed.get_rank() == 0
     ):
         json_path = write_results(results, output_dir)
-        _print_table(results, "measured here")
+        print_table(results, "measured here")
         if cfg.get("compare_published"):
             merged = {
                 s: {**{f"{m} (measured)": v for m, v in ms.items()}, **PUBLISHED.get(s, {})}
@@ -338,16 +287,12 @@ def evaluate(cfg: DictConfig) -> dict:
             }
             write_results(merged, output_dir, stem="published")
             if any(s in PUBLISHED for s in results):
-                _print_table(
+                print_table(
                     {s: merged[s] for s in results if s in PUBLISHED}, "measured vs published (not measured here)"
                 )
         atomic_write_text(output_dir / "worst_cases.json", json.dumps(worst, indent=1))
-        curve_values = {
-            s: {m: {k: [round(float(v), 8) for v in c] for k, c in mc.items()} for m, mc in ms.items()}
-            for s, ms in curves.items()
-        }
-        atomic_write_text(output_dir / "curves.json", json.dumps(curve_values))
-        plots = _plot_curves(curves, output_dir)
+        write_curves(curves, output_dir)
+        plots = plot_curves(curves, output_dir)
         log.info(
             "Results in %s (json/csv/md/tex), published comparison in published.md, plots: %s, worst cases: "
             "worst_cases.json",

@@ -24,7 +24,7 @@ from birefnet.models.state_dict import PREPROCESSING_METADATA_KEY
 
 log = logging.getLogger("birefnet")
 
-__all__ = ["export_onnx", "main"]
+__all__ = ["add_arguments", "export_onnx", "run_from_args"]
 
 _REGISTERED = False
 
@@ -204,13 +204,3 @@ def run_from_args(args: argparse.Namespace) -> int:
     checked = f"; onnxruntime vs PyTorch max abs diff {diff:.2e}" if diff is not None else ""
     print(f"wrote {args.output} (opset {args.opset}, dynamic batch{'' if args.static_size else ' and size'}){checked}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="birefnet export-onnx", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

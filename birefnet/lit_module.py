@@ -33,7 +33,8 @@ class DISLitModule(L.LightningModule):
 
     Args:
         net: the segmentation network (BiRefNet, U2Net, ISNet).
-        loss: the training loss, called as ``loss(output, mask, class_labels, weights)``.
+        loss: the training loss, a :class:`~birefnet.losses.SegmentationLoss` called as
+            ``loss(output, mask, class_labels)``.
         optimizer: partial optimiser, completed with the parameters (Hydra ``_partial_: true``).
         scheduler: partial LR scheduler or ``None``; ``scheduler_interval`` is ``'epoch'`` or ``'step'``.
         compile: ``torch.compile`` the network in place (keeps state-dict keys clean).
@@ -73,7 +74,6 @@ class DISLitModule(L.LightningModule):
             log.info("Initialised %s from %s.", type(net).__name__, source.label)
         self.loss_fn = loss if loss is not None else DISLoss()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.loss_weights: dict[str, float] | None = None  # set by the fine-tune schedule callback
         self.val_metrics = nn.ModuleDict()
         self.test_metrics = nn.ModuleDict()
         self._step_start = 0.0
@@ -121,7 +121,7 @@ class DISLitModule(L.LightningModule):
     def training_step(self, batch: Mapping, batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
         out = self.net(self._input(batch[self.hparams.input_key]))
-        loss, parts = self.loss_fn(out, masks, batch.get("class_label"), self.loss_weights)
+        loss, parts = self.loss_fn(out, masks, batch.get("class_label"))
         if not torch.isfinite(loss):
             bad = [k for k, v in parts.items() if not torch.isfinite(v)]
             raise FloatingPointError(
@@ -240,10 +240,11 @@ class DISLitModule(L.LightningModule):
         # The network's constructor arguments and preprocessing card, so load_model() rebuilds it from the file alone.
         checkpoint[CONFIG_METADATA_KEY] = model_description(self.net)
         checkpoint[PREPROCESSING_METADATA_KEY] = model_card(self.net).to_dict()
-        checkpoint["loss_weights"] = self.loss_weights
+        checkpoint["loss_weights"] = self.loss_fn.weights  # the fine-tune schedule re-derives them on resume
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         sd = checkpoint.get("state_dict", {})
         for key in [k for k in sd if "._orig_mod." in k]:
             sd[key.replace("._orig_mod.", ".")] = sd.pop(key)
-        self.loss_weights = checkpoint.get("loss_weights")
+        if checkpoint.get("loss_weights") is not None:
+            self.loss_fn.set_weights(checkpoint["loss_weights"])

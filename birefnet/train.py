@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 
 from birefnet.errors import ConfigError
 from birefnet.models.checkpoint import model_card
-from birefnet.utils import instantiate_dict, log, save_config, split_logged_metrics, write_results
+from birefnet.reporting import write_results
+from birefnet.utils import instantiate_dict, log, save_config, split_logged_metrics
 
 __all__ = ["train"]
 

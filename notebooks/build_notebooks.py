@@ -6,6 +6,7 @@ code host; tests/test_notebooks.py executes them headless and fails on any cell 
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -136,14 +137,14 @@ NB3 = [
     new_code_cell("from birefnet.evaluate import evaluate, PUBLISHED\n"
                   "results = {}\n"
                   "for method, ckpt in checkpoints.items():\n"
-                  "    extra = ['size=[128,128]'] if not OFFICIAL[method] else []\n"
-                  "    ecfg = compose_config('eval', DATA + extra + ['trainer.accelerator=cpu', f'checkpoint={ckpt}', f'method={method}',\n"
+                  "    # each checkpoint is evaluated as its preprocessing card says: 128 px for the models trained here\n"
+                  "    ecfg = compose_config('eval', DATA + ['trainer.accelerator=cpu', f'checkpoint={ckpt}', f'method={method}',\n"
                   "                                                'save_predictions=true', 'trainer.enable_progress_bar=false'], RUN_DIR / f'eval_{method}')\n"
                   "    for set_name, methods in evaluate(ecfg).items():\n"
                   "        results.setdefault(set_name, {}).update(methods)"),
     new_markdown_cell("## Measured here, next to the published DIS5K numbers\n\nPublished rows are quoted from the "
                       "papers (not measured here) and are only comparable on DIS5K."),
-    new_code_cell("from IPython.display import Markdown, display\nfrom birefnet.utils import metrics_table\n"
+    new_code_cell("from IPython.display import Markdown, display\nfrom birefnet.reporting import metrics_table\n"
                   "table = {s: {f'{m} (measured)': v for m, v in ms.items()} for s, ms in results.items()}\n"
                   "table.update({f'{s} (published)': ms for s, ms in PUBLISHED.items() if s == 'DIS-VD'})\n"
                   "display(Markdown(metrics_table(table)))"),
@@ -164,8 +165,7 @@ NB3 = [
                   "plt.tight_layout()"),
     new_markdown_cell("## Background removal with the predict tool"),
     new_code_cell("from birefnet.predict import Predictor, collect_inputs\n"
-                  "size = None if OFFICIAL['birefnet'] else (128, 128)\n"
-                  "predictor = Predictor(checkpoints['birefnet'], size=size)\n"
+                  "predictor = Predictor(checkpoints['birefnet'])  # size and normalisation from the model's card\n"
                   "summary = predictor.run(collect_inputs([str(root / 'im' / '0045.jpg')]), RUN_DIR / 'cutouts',\n"
                   "                        ['cutout', 'composite'], background='40,120,200', refine=True, progress=False)\n"
                   "print(summary.line())\n"
@@ -179,6 +179,38 @@ NB3 = [
 NOTEBOOKS = {"01_data.ipynb": NB1, "02_train_and_evaluate.ipynb": NB2, "03_compare_baselines.ipynb": NB3}
 
 
+_TMP_RUN = re.compile(r"/tmp/birefnet_nb\d\d_\w+")
+
+
+def _clean_text(text: str) -> str:
+    """Outputs as a reader should see them: no library warnings, no paths of the machine that ran them."""
+    lines, skip_source = [], False
+    for line in text.splitlines(keepends=True):
+        if skip_source and line.startswith((" ", "\t")):
+            continue  # the source line Python prints under a warning
+        skip_source = "site-packages/" in line and ("Warning" in line or "deprecated" in line or "overridden" in line)
+        if not skip_source and not line.startswith("💡 Tip:"):  # Lightning's advertisements
+            lines.append(line)
+    text = "".join(lines)
+    return _TMP_RUN.sub("<run dir>", text.replace(str(HERE.parent), "<repo>"))
+
+
+def _clean(nb) -> None:
+    for cell in nb.cells:
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                out["text"] = _clean_text(out["text"])
+                if not out["text"].strip():
+                    continue
+            for kind, value in out.get("data", {}).items():
+                if kind.startswith("text/") and isinstance(value, str):
+                    out["data"][kind] = _clean_text(value)
+            outputs.append(out)
+        if cell.cell_type == "code":
+            cell.outputs = outputs
+
+
 def build(execute: bool = False) -> None:
     for name, cells in NOTEBOOKS.items():
         nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
@@ -187,6 +219,7 @@ def build(execute: bool = False) -> None:
             from nbclient import NotebookClient
 
             NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
+            _clean(nb)
         nbformat.write(nb, HERE / name)
         print("wrote", HERE / name)
 

@@ -1,4 +1,4 @@
-"""The benchmark command runs on CPU (tiny settings) and reports sane numbers."""
+"""``birefnet bench`` runs on CPU (tiny settings) through the command line and reports sane numbers."""
 
 from __future__ import annotations
 
@@ -6,62 +6,51 @@ import json
 import subprocess
 import sys
 
-import pytest
-
-from birefnet.bench import bench_data, bench_metric_parts, bench_metrics, bench_model
+from birefnet.cli import main
 from tests.conftest import ROOT
 
 
-def test_model_bench_tiny_cpu():
-    rows = bench_model(
-        "birefnet", "pvt_v2_b0", size=64, batch=2, precision="bf16", warmup=1, iters=1, decoder_attention=""
-    )
+def bench(tmp_path, *args: str) -> list[dict]:
+    """Rows that ``birefnet bench ... --json`` writes, run in this process."""
+    out = tmp_path / "rows.json"
+    assert main(["bench", *args, "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["machine"] and data["torch"]
+    return data["rows"]
+
+
+def test_model_bench_tiny_cpu(tmp_path):
+    common = ["--size", "64", "--warmup", "1", "--iters", "1"]
+    rows = bench(tmp_path, "model", "--backbone", "pvt_v2_b0", "--batch", "2", "--decoder-attention", "", *common)
     assert [r["mode"] for r in rows] == ["train", "infer"]
     assert all(r["ms"] > 0 and r["images/s"] > 0 and r["TFLOP/s"] > 0 for r in rows)
-    rows = bench_model("u2netp", size=64, batch=1, precision="fp32", warmup=1, iters=1, modes=("infer",))
-    assert rows[0]["model"] == "U2-Netp" and rows[0]["params M"] < 1.2
+    rows = bench(tmp_path, "model", "--model", "u2netp", "--precision", "fp32", "--modes", "infer", *common)
+    assert rows[0]["model"] == "U2-Netp" and rows[0]["params M"] < 1.2 and len(rows) == 1
 
 
-def test_metrics_and_data_bench_small():
-    rows = bench_metrics(images=2, size=128, workers=1)
-    assert rows[0]["ms / image"] > 0
+def test_metrics_parts_memory_and_data_bench_small(tmp_path):
+    rows = bench(tmp_path, "metrics", "--images", "2", "--size", "128", "--workers", "1")
+    labels = [r["implementation"] for r in rows]
+    assert labels[2:4] == [
+        "DISMetrics.update, uint8 maps (1 process)",
+        "DISMetrics.update, float probabilities (1 process)",
+    ]
+    assert all(r["ms / image"] > 0 for r in rows)
     masks = ROOT / "data" / "sample" / "ECSSD-TE" / "gt"
-    rows = bench_metrics(images=3, workers=1, pred_dir=str(masks), gt_dir=str(masks))  # saved predictions
-    assert len(rows) == 2 and rows[1]["ms / image"] > 0
-    with pytest.raises(FileNotFoundError, match="has a mask"):
-        bench_metrics(images=3, workers=1, pred_dir=str(masks), gt_dir=str(masks.parent / "im"))
-    parts = {row["stage"]: row["ms / image"] for row in bench_metric_parts(images=1, size=64)}
-    assert parts["skeleton (kernel)"] > 0 and "skimage.morphology.skeletonize" in parts
-    rows = bench_data(samples=3)
-    assert rows[0]["samples/s per core"] > 0
-
-
-def test_cli_writes_json(tmp_path):
-    out = tmp_path / "b.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "birefnet.bench",
-            "model",
-            "--size",
-            "64",
-            "--batch",
-            "1",
-            "--iters",
-            "1",
-            "--decoder-attention",
-            "",
-            "--modes",
-            "infer",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    rows = bench(
+        tmp_path, "metrics", "--images", "3", "--workers", "1", "--pred-dir", str(masks), "--gt-dir", str(masks)
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(out.read_text())
-    assert data["machine"] and data["rows"][0]["mode"] == "infer"
+    assert len(rows) == 6 and rows[1]["ms / image"] > 0  # saved predictions
+    parts = {
+        row["stage"]: row["ms / image"] for row in bench(tmp_path, "metric-parts", "--images", "1", "--size", "64")
+    }
+    assert parts["skeleton (kernel)"] > 0 and "skimage.morphology.skeletonize" in parts
+    rows = bench(tmp_path, "memory", "--backbone", "pvt_v2_b0", "--size", "64")
+    assert rows and all(v > 0 for r in rows for v in r.values() if isinstance(v, float))
+    assert bench(tmp_path, "data", "--samples", "3")[0]["samples/s per core"] > 0  # synthetic sources, no data files
+
+
+def test_bench_is_a_subcommand_of_the_console_command():
+    proc = subprocess.run([sys.executable, "-m", "birefnet.cli", "bench", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert all(name in proc.stdout for name in ("model", "metrics", "metric-parts", "memory", "data"))

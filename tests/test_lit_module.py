@@ -79,7 +79,7 @@ def test_loss_schedule_sets_weights_from_the_epoch(tmp_path):
 
     class Spy(L.Callback):
         def on_train_epoch_start(self, trainer, pl_module):
-            seen.append(dict(pl_module.loss_weights))
+            seen.append(pl_module.loss_fn.weights)
 
     _fit(tmp_path, [FinetuneLossSchedule(epochs=3, finetune_last_epochs=-2), Spy()], epochs=3)
     assert seen[0] == {"bce": 30.0, "iou": 0.5, "ssim": 10.0}

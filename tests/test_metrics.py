@@ -237,3 +237,42 @@ def test_add_scores_counts_as_an_update(recwarn):
     assert mae_one == pytest.approx(first.mae)
     assert mae_two == pytest.approx((ORACLE["images"][0]["mae"] + ORACLE["images"][1]["mae"]) / 2)
     assert not [w for w in recwarn if "before the ``update``" in str(w.message)]
+
+
+def test_a_registered_metric_reaches_compute_tables_and_result_files(tmp_path):
+    """Adding a metric is one registry entry plus its function: compute(), the DDP states, prediction-folder
+    evaluation, the tables and the result files pick it up in registry order with its format."""
+    import shutil
+
+    from birefnet.evaluate import evaluate_prediction_folders
+    from birefnet.metrics.registry import METRICS, register_metric, unregister_metric
+    from birefnet.reporting import metrics_table, write_results
+    from tests.conftest import SAMPLE
+
+    register_metric("FGfrac", lambda q, g: float((q > 127).mean()), fmt=".4f", higher_is_better=False)
+    try:
+        assert list(METRICS)[-1] == "FGfrac"
+        metric = DISMetrics()
+        pred = torch.zeros(1, 10, 10)
+        pred[0, :3] = 0.9  # 30 % foreground
+        metric.update([pred, torch.ones(1, 10, 10)], [torch.ones(1, 10, 10), torch.ones(1, 10, 10)])
+        assert float(metric.compute()["FGfrac"]) == pytest.approx((0.3 + 1.0) / 2)
+
+        preds = tmp_path / "preds" / "ECSSD-TE"
+        preds.mkdir(parents=True)
+        for gt in sorted((SAMPLE / "ECSSD-TE" / "gt").glob("*.png")):
+            shutil.copy(gt, preds / gt.name)
+        results, _, _ = evaluate_prediction_folders(
+            {"gt": str(tmp_path / "preds")}, str(SAMPLE), ["ECSSD-TE"], worst_cases=2, workers=1
+        )
+        expected = np.mean([(cv2.imread(str(p), 0) > 127).mean() for p in sorted(preds.glob("*.png"))])
+        values = results["ECSSD-TE"]["gt"]
+        assert values["FGfrac"] == pytest.approx(expected) and values["Sm"] == pytest.approx(1.0)
+        table = metrics_table(results)
+        header = table.splitlines()[0]
+        assert header.endswith("| Dice | FGfrac |") and f"| {expected:.4f} |" in table
+        write_results(results, tmp_path / "out")
+        assert (tmp_path / "out" / "results.csv").read_text().splitlines()[0].endswith(",Dice,FGfrac")
+    finally:
+        unregister_metric("FGfrac")
+    assert "FGfrac" not in DISMetrics().compute()

@@ -1,4 +1,4 @@
-"""torchmetrics wrapper for the DIS metric suite, with DDP-safe sum/count tensor states."""
+"""torchmetrics wrapper for the DIS metric suite, with DDP-safe sum/count tensor states built from the registry."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from birefnet.metrics.functional import ImageScores, image_scores
+from birefnet.metrics.functional import ImageScores, binary_gt, image_scores, quantise
+from birefnet.metrics.registry import METRICS, MetricSpec
 
-__all__ = ["DISMetrics", "to_numpy_map"]
+__all__ = ["DISMetrics", "score_image", "to_numpy_map"]
 
-SCALARS = ("mae", "sm", "wfm", "adp_fm", "adp_em", "iou", "dice", "hce")
+#: Per-image curves kept for the plots besides the metrics' own states.
+PLOT_CURVES = ("fm_curve", "em_curve", "precision", "recall")
 
 
 def to_numpy_map(x: torch.Tensor) -> np.ndarray:
@@ -27,17 +29,37 @@ def to_numpy_map(x: torch.Tensor) -> np.ndarray:
     return x.float().cpu().numpy()
 
 
-class DISMetrics(Metric):
-    """Dataset-level DIS metrics: per-image scores summed in tensor states, averaged in ``compute``.
+def _enabled(with_hce: bool, with_boundary: bool) -> list[MetricSpec]:
+    groups = {""} | ({"hce"} if with_hce else set()) | ({"boundary"} if with_boundary else set())
+    return [m for m in METRICS.values() if m.group in groups]
 
+
+def score_image(
+    pred: np.ndarray, gt: np.ndarray, with_hce: bool = True, with_boundary: bool = True
+) -> tuple[ImageScores, dict[str, float | np.ndarray]]:
+    """One image's :class:`ImageScores` and the scores of the registered extra metrics (``{score: value}``)."""
+    q, g = quantise(pred), binary_gt(gt)
+    extras = {m.score: m.function(q, g) for m in _enabled(with_hce, with_boundary) if m.function is not None}
+    return image_scores(q, g, with_hce, with_boundary), extras
+
+
+def _state(score: str) -> str:
+    return score.replace(":", "_")
+
+
+class DISMetrics(Metric):
+    """Dataset-level DIS metrics: per-image scores summed in tensor states, reduced in ``compute``.
+
+    The metrics, their per-image scores and reductions come from :data:`birefnet.metrics.registry.METRICS`.
     ``update(preds, targets)`` takes batches ``(B, 1, H, W)`` / ``(B, H, W)`` or lists of maps of different
     sizes, at the original image size: predictions as probabilities in [0, 1] or uint8 maps, masks as bool,
-    uint8 (> 128 is foreground) or float. ``compute()`` returns ``maxFm meanFm adpFm wFm MAE Sm meanEm maxEm
-    adpEm HCE mBA maxBIoU meanBIoU IoU Dice``; max/mean F, E and BIoU are taken on the image-averaged
-    256-threshold curves (PySODMetrics). "maxFm" is the maximum of the mean F curve (PySODMetrics, the DIS and
-    BiRefNet papers); the other convention in the literature, the mean of per-image maxima, is
-    :meth:`mean_of_max_fm`. HCE uses PySODMetrics' binarisation (normalised prediction > 0.5); mBA and
-    BIoU follow BiRefNet's evaluation (mBA skips images whose mask has no boundary instead of returning NaN).
+    uint8 (> 128 is foreground) or float. ``compute()`` returns the built-in ``maxFm wFm MAE Sm meanEm HCE maxEm
+    meanFm adpEm adpFm mBA maxBIoU meanBIoU IoU Dice`` and every registered one; max/mean F, E and BIoU are
+    taken on the image-averaged 256-threshold curves (PySODMetrics). "maxFm" is the maximum of the mean F curve
+    (PySODMetrics, the DIS and BiRefNet papers); the other convention in the literature, the mean of per-image
+    maxima, is :meth:`mean_of_max_fm`. HCE uses PySODMetrics' binarisation (normalised prediction > 0.5); mBA
+    and BIoU follow BiRefNet's evaluation (mBA skips images whose mask has no boundary instead of returning NaN).
+    ``curves()`` and ``worst()`` cover every process's images under DDP, as ``compute()`` does.
     """
 
     full_state_update = False
@@ -48,19 +70,22 @@ class DISMetrics(Metric):
     ) -> None:
         super().__init__(**kwargs)
         self.with_hce, self.with_boundary = with_hce, with_boundary
+        self.specs = _enabled(with_hce, with_boundary)
         #: keep (name, MAE, Sm) per image for worst-case listings (gathered from every process by :meth:`worst`)
         self.keep_per_image = keep_per_image
         self.per_image: list[tuple[str, float, float]] = []
-        for name in SCALARS:
-            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("fm_curve", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("em_curve", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("precision", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("recall", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("biou_curve", default=torch.zeros(256, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("mba", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        # mBA is undefined (NaN in the reference) for masks without boundary: those images are not counted
-        self.add_state("mba_count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self._scores: dict[str, MetricSpec] = {}
+        for spec in self.specs:
+            self._scores.setdefault(spec.score, spec)
+        curves = set(PLOT_CURVES) | {s for s, spec in self._scores.items() if spec.is_curve}
+        for score in [*self._scores, *PLOT_CURVES]:
+            if hasattr(self, _state(score)):
+                continue
+            shape = (256,) if score in curves else ()
+            self.add_state(_state(score), default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+            if score in self._scores and self._scores[score].reduction == "mean_defined":
+                # undefined (NaN) for some images, e.g. mBA for a mask without boundary: those are not counted
+                self.add_state(f"{_state(score)}_count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("max_fm_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -73,55 +98,49 @@ class DISMetrics(Metric):
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predictions but {len(targets)} targets.")
         for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
-            scores = image_scores(to_numpy_map(pred), to_numpy_map(target), self.with_hce, self.with_boundary)
-            self._accumulate(scores, names[i] if names else None)
+            scores, extras = score_image(to_numpy_map(pred), to_numpy_map(target), self.with_hce, self.with_boundary)
+            self._accumulate(scores, extras, names[i] if names else None)
 
-    def add_scores(self, s: ImageScores, name: str | None = None) -> None:
-        """Accumulate one image's scores (computed elsewhere, e.g. in a worker process).
+    def add_scores(self, s: ImageScores, name: str | None = None, extras: dict | None = None) -> None:
+        """Accumulate one image's scores (computed elsewhere with :func:`score_image`, e.g. in a worker process).
 
         Counts as an update for torchmetrics: a cached ``compute()`` result is dropped.
         """
         self._update_count += 1
         self._computed = None
-        self._accumulate(s, name)
+        self._accumulate(s, extras or {}, name)
 
-    def _accumulate(self, s: ImageScores, name: str | None) -> None:
+    def _accumulate(self, s: ImageScores, extras: dict, name: str | None) -> None:
         if self.keep_per_image:
             self.per_image.append((name or str(len(self.per_image)), s.mae, s.sm))
-        for key in SCALARS:
-            setattr(self, key, getattr(self, key) + float(getattr(s, key)))
-        for key in ("fm_curve", "em_curve", "precision", "recall"):
-            state = getattr(self, key)
-            state += torch.from_numpy(getattr(s, key)).to(state)
-        if self.with_boundary:
-            self.biou_curve += torch.from_numpy(s.biou_curve).to(self.biou_curve)
-            if s.mba == s.mba:  # not NaN
-                self.mba += s.mba
-                self.mba_count += 1
+        for score in dict.fromkeys([*self._scores, *PLOT_CURVES]):
+            spec = self._scores.get(score)
+            value = extras[score] if spec is not None and spec.function is not None else getattr(s, score)
+            state = getattr(self, _state(score))
+            if spec is not None and spec.reduction == "mean_defined":
+                if value == value:  # not NaN
+                    state += float(value)
+                    getattr(self, f"{_state(score)}_count").add_(1)
+            elif state.ndim:
+                state += torch.as_tensor(np.asarray(value), dtype=state.dtype)
+            else:
+                state += float(value)
         self.max_fm_sum += float(s.fm_curve.max())
         self.count += 1
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.count.clamp(min=1)
-        fm, em = self.fm_curve / n, self.em_curve / n
-        out = {
-            "maxFm": fm.max(),
-            "meanFm": fm.mean(),
-            "adpFm": self.adp_fm / n,
-            "wFm": self.wfm / n,
-            "MAE": self.mae / n,
-            "Sm": self.sm / n,
-            "meanEm": em.mean(),
-            "maxEm": em.max(),
-            "adpEm": self.adp_em / n,
-            "IoU": self.iou / n,
-            "Dice": self.dice / n,
-        }
-        if self.with_hce:
-            out["HCE"] = self.hce / n
-        if self.with_boundary:
-            biou = self.biou_curve / n
-            out.update(mBA=self.mba / self.mba_count.clamp(min=1), maxBIoU=biou.max(), meanBIoU=biou.mean())
+        out = {}
+        for spec in self.specs:
+            state = getattr(self, _state(spec.score))
+            if spec.reduction == "mean":
+                out[spec.name] = state / n
+            elif spec.reduction == "curve_max":
+                out[spec.name] = (state / n).max()
+            elif spec.reduction == "curve_mean":
+                out[spec.name] = (state / n).mean()
+            else:  # mean_defined
+                out[spec.name] = state / getattr(self, f"{_state(spec.score)}_count").clamp(min=1)
         return out
 
     def curves(self) -> dict[str, torch.Tensor]:

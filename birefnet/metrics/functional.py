@@ -26,25 +26,34 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from birefnet.metrics.kernels import foreground_profile, quadrant_histograms, skeletonize, weighted_f_terms
+from birefnet.metrics.kernels import (
+    foreground_profile,
+    quadrant_histograms,
+    quantise_probabilities,
+    skeletonize,
+    weighted_f_terms,
+)
 
-__all__ = ["EPS", "ImageScores", "boundary_iou_curve", "hce", "image_scores", "mba"]
+__all__ = ["EPS", "ImageScores", "binary_gt", "boundary_iou_curve", "hce", "image_scores", "mba", "quantise"]
 
 EPS = np.spacing(1)
 BETA2 = 0.3
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)  # skimage disk(1)
 
 
-def _quantise(pred: np.ndarray) -> np.ndarray:
+def quantise(pred: np.ndarray) -> np.ndarray:
+    """A prediction as the uint8 map the metrics read: uint8 kept, bool as 0/255, probabilities in [0, 1] as
+    ``floor(255 p)`` in float64 (values outside [0, 1] clipped, NaN as 0) in one compiled pass."""
     pred = np.asarray(pred)
     if pred.dtype == np.uint8:
         return np.ascontiguousarray(pred)
     if pred.dtype == bool:
         return pred.astype(np.uint8) * 255
-    return np.floor(np.clip(pred.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return quantise_probabilities(pred)
 
 
-def _binary_gt(gt: np.ndarray) -> np.ndarray:
+def binary_gt(gt: np.ndarray) -> np.ndarray:
+    """A mask as bool foreground: uint8 ``> 128``, float ``> 128/255``, bool kept."""
     gt = np.asarray(gt)
     if gt.dtype == bool:
         return np.ascontiguousarray(gt)
@@ -334,8 +343,8 @@ def image_scores(
         gt: uint8 (> 128 is foreground), bool or float mask, H x W.
         with_hce / with_boundary: compute HCE / mBA and BIoU (the costlier ones).
     """
-    q = _quantise(pred)
-    g = _binary_gt(gt)
+    q = quantise(pred)
+    g = binary_gt(gt)
     if q.shape != g.shape:
         raise ValueError(f"prediction {q.shape} and ground truth {g.shape} differ in shape; resize first.")
     n = g.size
@@ -389,18 +398,18 @@ def image_scores(
     else:
         mba_value, biou = float("nan"), np.full(256, np.nan)
     return ImageScores(
-        float(mae),
-        sm,
-        wfm,
-        float(adp_fm),
-        fm_curve,
-        float(adp_em),
-        em_curve,
-        precision,
-        recall,
-        float(iou),
-        float(dice),
-        hce_value,
-        mba_value,
-        biou,
+        mae=float(mae),
+        sm=sm,
+        wfm=wfm,
+        adp_fm=float(adp_fm),
+        fm_curve=fm_curve,
+        adp_em=float(adp_em),
+        em_curve=em_curve,
+        precision=precision,
+        recall=recall,
+        iou=float(iou),
+        dice=float(dice),
+        hce=hce_value,
+        mba=mba_value,
+        biou_curve=biou,
     )

@@ -35,6 +35,7 @@ __all__ = [
     "foreground_profile",
     "nearest_foreground",
     "quadrant_histograms",
+    "quantise_probabilities",
     "skeletonize",
     "weighted_f_terms",
 ]
@@ -390,6 +391,29 @@ def quadrant_histograms(q: np.ndarray, fg: np.ndarray, cy: int, cx: int) -> np.n
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _quantise_probabilities(flat: np.ndarray, out: np.ndarray) -> None:
+    for i in range(flat.size):
+        v = float(flat[i])
+        if not v > 0.0:  # also NaN
+            v = 0.0
+        elif v > 1.0:
+            v = 1.0
+        out[i] = np.uint8(math.floor(v * 255.0))
+
+
+def quantise_probabilities(pred: np.ndarray) -> np.ndarray:
+    """``floor(255 clip(p, 0, 1))`` with the product in float64, as uint8, in one pass (NaN becomes 0): what
+    ``np.floor(np.clip(p.astype(np.float64), 0, 1) * 255).astype(np.uint8)`` gives, without four full-size
+    temporaries."""
+    pred = np.ascontiguousarray(pred)
+    if pred.dtype not in (np.float32, np.float64):
+        pred = pred.astype(np.float64)
+    out = np.empty(pred.shape, np.uint8)
+    _quantise_probabilities(pred.reshape(-1), out.reshape(-1))
+    return out
+
+
 def compile_kernels() -> None:
     """Compile (or load from the on-disk cache) every kernel once, e.g. before starting worker processes,
     so that they load the cached machine code instead of each compiling it (a few seconds, once per install)."""
@@ -401,3 +425,5 @@ def compile_kernels() -> None:
     weighted_f_terms(q, np.arange(256) / 255.0, fg)
     quadrant_histograms(q, fg, *(int(v) for v in np.argwhere(fg).mean(axis=0)))
     foreground_profile(fg)
+    for dtype in (np.float32, np.float64):
+        quantise_probabilities(q.astype(dtype) / 255)

@@ -271,19 +271,11 @@ class BasicDecBlk(nn.Module):
 
 
 class ResBlk(BasicDecBlk):
-    """:class:`BasicDecBlk` plus a 1x1 convolution shortcut (``conv_resi``) added at the end."""
+    """:class:`BasicDecBlk` (same arguments) plus a 1x1 convolution shortcut (``conv_resi``) added at the end."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        inter_channels: int = 64,
-        attention: str = "ASPPDeformable",
-        norm_layer: NormLayer = nn.BatchNorm2d,
-        deform_kernel_sizes: Sequence[int] = (1, 3, 7),
-    ) -> None:
-        super().__init__(in_channels, out_channels, inter_channels, attention, norm_layer, deform_kernel_sizes)
-        self.conv_resi = nn.Conv2d(in_channels, out_channels, 1)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.conv_resi = nn.Conv2d(self.conv_in.in_channels, self.conv_out.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._body(x) + self.conv_resi(x)
