@@ -16,6 +16,7 @@ from birefnet.errors import ConfigError
 
 __all__ = [
     "AtomicCheckpointIO",
+    "EpochWindowCheckpoint",
     "FinetuneLossSchedule",
     "RNGStateCheckpoint",
     "ema_callback",
@@ -53,7 +54,8 @@ def finetune_loss_weights(
 
 
 class FinetuneLossSchedule(L.Callback):
-    """Sets ``pl_module.loss_weights`` at the start of every training epoch from the epoch number alone.
+    """Sets the loss weights (``pl_module.loss_fn.set_weights``, see :class:`~birefnet.losses.SegmentationLoss`) at
+    the start of every training epoch from the epoch number alone.
 
     Args:
         epochs: total epochs of the run (the reference's ``--epochs``).
@@ -78,13 +80,45 @@ class FinetuneLossSchedule(L.Callback):
         self.epochs, self.finetune_last_epochs, self.mode, self.matting = epochs, finetune_last_epochs, mode, matting
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        base = pl_module.loss_fn.weights
+        loss_fn = pl_module.loss_fn
         weights = finetune_loss_weights(
-            base, trainer.current_epoch + 1, self.epochs, self.finetune_last_epochs, self.mode, self.matting
+            loss_fn.base_weights,
+            trainer.current_epoch + 1,
+            self.epochs,
+            self.finetune_last_epochs,
+            self.mode,
+            self.matting,
         )
-        pl_module.loss_weights = weights
+        loss_fn.set_weights(weights)
         for name, value in weights.items():
             pl_module.log(f"loss_weight/{name}", float(value), on_step=False, on_epoch=True)
+
+
+class EpochWindowCheckpoint(L.Callback):
+    """Keeps the reference's checkpoint candidates: ``epoch_NNN.ckpt`` at every ``every``-th epoch of the last
+    ``last_epochs`` (1-based epoch ``e`` is kept when ``e >= epochs - last_epochs`` and ``e % every == 0``, as the
+    reference's ``train.py``). ``evaluate.py candidates=...`` then picks the best ones.
+
+    Args:
+        dirpath: the checkpoint folder.
+        epochs: total epochs of the run.
+        last_epochs / every: the window and the step (DIS5K/COD/HRSOD/General/Matting 50 and 5, General-2K 30 and 2).
+    """
+
+    def __init__(self, dirpath: str, epochs: int, last_epochs: int = 50, every: int = 5) -> None:
+        for key, value, smallest in (("epochs", epochs, 1), ("last_epochs", last_epochs, 0), ("every", every, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+                raise ConfigError(f"callbacks.epoch_window.{key} must be a whole number >= {smallest}, not {value!r}.")
+        self.dirpath, self.epochs, self.last_epochs, self.every = Path(dirpath), epochs, last_epochs, every
+
+    def keeps(self, epoch: int) -> bool:
+        """Whether 1-based ``epoch`` is a candidate."""
+        return epoch >= self.epochs - self.last_epochs and epoch % self.every == 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if self.keeps(epoch) and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.dirpath / f"epoch_{epoch:03d}.ckpt")
 
 
 class RNGStateCheckpoint(L.Callback):

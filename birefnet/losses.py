@@ -24,6 +24,7 @@ __all__ = [
     "DISLoss",
     "MultiBCELoss",
     "PixelLoss",
+    "SegmentationLoss",
     "bce_loss",
     "contour_loss",
     "gradient_loss",
@@ -36,10 +37,13 @@ __all__ = [
     "structure_loss",
 ]
 
-#: Reference loss weights per task (``lambdas_pix_last``).
+#: Reference loss weights per task (``lambdas_pix_last``; configs read them with ``${loss_preset:<task>}``).
 LOSS_PRESETS: dict[str, dict[str, float]] = {
     "DIS5K": {"bce": 30, "iou": 0.5, "ssim": 10},
+    "COD": {"bce": 30, "iou": 0.5, "ssim": 10},
+    "HRSOD": {"bce": 30, "iou": 0.5, "ssim": 10},
     "General": {"bce": 30, "iou": 0.5, "ssim": 10, "mae": 100},
+    "General-2K": {"bce": 30, "iou": 0.5, "ssim": 10, "mae": 100},
     "Matting": {"bce": 30, "ssim": 10, "mae": 100},
 }
 
@@ -217,7 +221,32 @@ def gradient_loss(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
     return total
 
 
-class DISLoss(nn.Module):
+class SegmentationLoss(nn.Module):
+    """The protocol the LightningModule and the fine-tune schedule use.
+
+    ``forward(output, target, class_labels=None)`` returns ``(total, {name: part})`` for a
+    :class:`SegmentationOutput` and a ``(B, 1, H, W)`` target in [0, 1]. ``base_weights`` are the configured
+    weights of the terms a schedule may change, ``weights`` the ones in use, and ``set_weights`` replaces them
+    (``None``: back to the base).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._weights: dict[str, float] | None = None
+
+    @property
+    def base_weights(self) -> dict[str, float]:
+        return {}
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return dict(self._weights) if self._weights is not None else self.base_weights
+
+    def set_weights(self, weights: Mapping[str, float] | None) -> None:
+        self._weights = None if weights is None else {k: float(v) for k, v in weights.items()}
+
+
+class DISLoss(SegmentationLoss):
     """Full BiRefNet training loss: pixel loss over side + final maps, gradient loss, classification loss.
 
     Args:
@@ -239,18 +268,12 @@ class DISLoss(nn.Module):
         self.gradient_weight, self.class_weight = gradient_weight, class_weight
 
     @property
-    def weights(self) -> dict[str, float]:
+    def base_weights(self) -> dict[str, float]:
         return dict(self.pixel.weights)
 
-    def forward(
-        self,
-        output: SegmentationOutput,
-        target: torch.Tensor,
-        class_labels: torch.Tensor | None = None,
-        weights: Mapping[str, float] | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, output: SegmentationOutput, target: torch.Tensor, class_labels: torch.Tensor | None = None):
         """Returns the total loss and its named parts (``pix/<term>``, ``gdt``, ``cls``) for logging."""
-        total, parts = self.pixel(output.all_logits, target, weights)
+        total, parts = self.pixel(output.all_logits, target, self.weights)
         parts = {f"pix/{k}": v for k, v in parts.items()}
         if output.gradient_preds and self.gradient_weight:
             g = self.gradient_weight * gradient_loss(output.gradient_preds, output.gradient_targets)
@@ -261,7 +284,7 @@ class DISLoss(nn.Module):
         return total, parts
 
 
-class MultiBCELoss(nn.Module):
+class MultiBCELoss(SegmentationLoss):
     """U2-Net / IS-Net loss: sum of mean BCEs over the final and every side map (all at input size).
 
     With ``gt_encoder_checkpoint`` (IS-Net's intermediate supervision) a frozen, pre-trained
@@ -283,7 +306,7 @@ class MultiBCELoss(nn.Module):
             self.gt_encoder = encoder.eval().requires_grad_(False)
 
     @property
-    def weights(self) -> dict[str, float]:
+    def base_weights(self) -> dict[str, float]:
         return {"bce": 1.0}
 
     def train(self, mode: bool = True) -> MultiBCELoss:
@@ -292,13 +315,7 @@ class MultiBCELoss(nn.Module):
             self.gt_encoder.eval()  # frozen: BatchNorm statistics must not move
         return self
 
-    def forward(
-        self,
-        output: SegmentationOutput,
-        target: torch.Tensor,
-        class_labels: torch.Tensor | None = None,
-        weights: Mapping[str, float] | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, output: SegmentationOutput, target: torch.Tensor, class_labels: torch.Tensor | None = None):
         target = target.float().clamp(0, 1)
         maps = output.all_logits
         terms = [bce_loss(resize(m.float(), target.shape[2:]), target) for m in maps]

@@ -47,6 +47,15 @@ def epoch_milestones(max_epochs, *fractions: float) -> list[int]:
     return [int(epochs * float(f)) for f in fractions]
 
 
+def loss_preset(task: str) -> dict[str, float]:
+    """The reference pixel-loss weights of a task (``birefnet.losses.LOSS_PRESETS``): ``${loss_preset:General}``."""
+    from birefnet.losses import LOSS_PRESETS
+
+    if task not in LOSS_PRESETS:
+        raise ConfigError(f"No loss preset {task!r}; the presets are {', '.join(LOSS_PRESETS)}.")
+    return dict(LOSS_PRESETS[task])
+
+
 def run_id() -> str:
     """A token fixed for this process (process id + random bits): run folders started in the same second differ."""
     return _RUN_ID
@@ -58,3 +67,4 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("reference_lr", reference_lr, replace=True)
     OmegaConf.register_new_resolver("epoch_milestones", epoch_milestones, replace=True)
     OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+    OmegaConf.register_new_resolver("loss_preset", loss_preset, replace=True)

@@ -51,7 +51,8 @@ def test_schedulers_instantiate(scheduler, tmp_path):
 
 def test_cli_help_and_bad_override():
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "experiment: dis5k, ecssd" in out.stdout
+    recipes = "experiment: cod, dis5k, dis5k_8gpu, ecssd, general, general_2k, hrsod, matting"
+    assert out.returncode == 0 and recipes in out.stdout
     out = subprocess.run(
         [sys.executable, "train.py", "model=no_such_model"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -17,6 +19,8 @@ from birefnet.errors import ConfigError
 from birefnet.preprocessing import INTERPOLATIONS, NORMALIZATIONS
 
 __all__ = ["DISDataModule", "DynamicSizeCollate", "eval_collate"]
+
+log = logging.getLogger(__name__)
 
 
 def eval_collate(items: list[dict]) -> dict:
@@ -59,7 +63,8 @@ class DISDataModule(L.LightningDataModule):
 
     Args:
         root: folder holding the sets (``<root>/<set>/{im,gt}``).
-        train_sets: ``'DIS-TR'``, ``'DIS-TR+DIS-VD'`` or a list; concatenated for training.
+        train_sets: ``'DIS-TR'``, ``'DIS-TR+DIS-VD'`` or a list; concatenated for training. ``'*'``: every set
+            folder under ``root`` that is not a validation or test set (the reference's General and Matting).
         val_sets / test_sets: one loader each, the set name kept so metrics come per dataset.
         size: training and evaluation size (height, width); multiples of 32.
         eval_size: evaluation size when it differs from ``size``: ``[height, width]``, or ``"original"`` for each
@@ -175,6 +180,8 @@ class DISDataModule(L.LightningDataModule):
                 problems.append(str(err))
             return None
 
+        if self.train_sets == ["*"]:
+            self.train_sets = self._all_but_evaluation_sets()
         if stage in ("fit", None) and self.train_sets and self.train_set is None:
             self.train_set = opened(
                 lambda: DISDataset(
@@ -204,6 +211,17 @@ class DISDataModule(L.LightningDataModule):
                 "Fix or remove these files, or set data.skip_invalid=true to leave the broken ones out.",
                 problems,
             )
+
+    def _all_but_evaluation_sets(self) -> list[str]:
+        root = Path(self.root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"Data root {root} does not exist; set paths.data_dir (or data.root).")
+        held_out = set(self.val_sets) | set(self.test_sets)
+        sets = sorted(d.name for d in root.iterdir() if (d / "im").is_dir() and d.name not in held_out)
+        if not sets:
+            raise FileNotFoundError(f"No training set under {root}: every <set>/im folder there is a test set.")
+        log.info("Training sets (every set under %s but the evaluation sets): %s", root, ", ".join(sets))
+        return sets
 
     def _loader(self, ds: DISDataset, batch_size: int, train: bool) -> DataLoader:
         collate = DynamicSizeCollate(*self.dynamic_size) if train and self.dynamic_size else eval_collate

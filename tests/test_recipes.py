@@ -1,0 +1,94 @@
+"""Every reference task as a recipe: the composed configs carry the reference's values
+(../shared/docs/reference-recipes.md), checkpoints are kept in the reference's window, and "*" training sets
+mean every set but the evaluation ones."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from birefnet.callbacks import EpochWindowCheckpoint
+from birefnet.data import DISDataModule
+from tests.conftest import SAMPLE, compose_config
+
+# task: (recipe, epochs, window last N, every K, fine-tune epochs, LR base, (h, w), pixel-loss weights, test sets)
+REFERENCE = {
+    "DIS5K": ("dis5k", 500, 50, 5, -40, 1e-4, (1024, 1024), {"bce": 30, "iou": 0.5, "ssim": 10}, None),
+    "COD": ("cod", 150, 50, 5, -20, 1e-5, (1024, 1024), {"bce": 30, "iou": 0.5, "ssim": 10},
+            ["CHAMELEON", "NC4K", "TE-CAMO", "TE-COD10K"]),
+    "HRSOD": ("hrsod", 150, 50, 5, -20, 1e-5, (1024, 1024), {"bce": 30, "iou": 0.5, "ssim": 10},
+              ["DAVIS-S", "TE-HRSOD", "TE-UHRSD", "DUT-OMRON", "TE-DUTS"]),
+    "General": ("general", 200, 50, 5, -20, 1e-5, (1024, 1024), {"bce": 30, "iou": 0.5, "mae": 100, "ssim": 10},
+                ["DIS-VD", "TE-P3M-500-NP"]),
+    "General-2K": ("general_2k", 250, 30, 2, -20, 1e-5, (1440, 2560), {"bce": 30, "iou": 0.5, "mae": 100, "ssim": 10},
+                   ["DIS-VD", "TE-P3M-500-NP"]),
+    "Matting": ("matting", 150, 50, 5, -10, 1e-5, (1024, 1024), {"bce": 30, "mae": 100, "ssim": 10},
+                ["TE-P3M-500-NP", "TE-AM-2k"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("task", list(REFERENCE))
+def test_recipe_carries_the_reference_values(task, tmp_path):
+    recipe, epochs, last, every, finetune, base, size, weights, test_sets = REFERENCE[task]
+    cfg = compose_config("train", tmp_path, [f"experiment={recipe}", "model.net.backbone=pvt_v2_b0"])
+    assert cfg.trainer.max_epochs == epochs and cfg.callbacks.loss_schedule.finetune_last_epochs == finetune
+    assert (cfg.callbacks.epoch_window.last_epochs, cfg.callbacks.epoch_window.every) == (last, every)
+    assert cfg.callbacks.loss_schedule.matting == (task == "Matting")
+    assert cfg.model.optimizer.lr == pytest.approx(base * math.sqrt(cfg.data.batch_size / 4))
+    assert cfg.data.batch_size == 4 and cfg.seed == 7 and cfg.backbone_weights_required
+    assert dict(cfg.model.loss.weights) == weights and cfg.model.net.backbone == "pvt_v2_b0"
+    assert not cfg.data.fast_decode and cfg.trainer.limit_val_batches == 0  # no validation, as the reference
+    dm = instantiate(cfg.data)
+    assert dm.size == size and dm.task == task
+    if test_sets:
+        assert dm.test_sets == test_sets
+    if task in ("General", "General-2K", "Matting"):
+        assert cfg.data.train_sets == "*"
+
+
+def test_eight_gpu_recipe_is_the_reference_default_launch(tmp_path):
+    cfg = compose_config("train", tmp_path, ["experiment=dis5k_8gpu"])
+    assert cfg.trainer.devices == 8 and cfg.trainer.strategy == "ddp" and cfg.data.batch_size == 8
+    assert cfg.model.optimizer.lr == pytest.approx(1e-4 * math.sqrt(2))  # per-GPU batch 8
+
+
+def test_epoch_window_keeps_the_reference_candidates(tmp_path):
+    window = EpochWindowCheckpoint(str(tmp_path), epochs=500, last_epochs=50, every=5)
+    assert [e for e in range(1, 501) if window.keeps(e)] == list(range(450, 501, 5))
+    window = EpochWindowCheckpoint(str(tmp_path), epochs=250, last_epochs=30, every=2)
+    assert [e for e in range(1, 251) if window.keeps(e)] == list(range(220, 251, 2))
+
+
+def test_window_checkpoints_are_written_during_training(tmp_path):
+    from birefnet.train import train
+
+    overrides = [
+        "data.size=[64,64]",
+        "trainer.max_epochs=3",
+        "+trainer.limit_train_batches=1",
+        "+trainer.limit_val_batches=0",
+        "test=false",
+        "+callbacks.epoch_window._target_=birefnet.callbacks.EpochWindowCheckpoint",
+        f"+callbacks.epoch_window.dirpath={tmp_path / 'ckpt'}",
+        "+callbacks.epoch_window.epochs=3",
+        "+callbacks.epoch_window.last_epochs=1",
+        "+callbacks.epoch_window.every=1",
+    ]
+    train(compose_config("train", tmp_path / "run", overrides))
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("*.ckpt")) == ["epoch_002.ckpt", "epoch_003.ckpt"]
+    state = torch.load(tmp_path / "ckpt" / "epoch_003.ckpt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 2 and state["birefnet_preprocessing"]["input_size"] == [64, 64]
+
+
+def test_star_trains_on_every_set_but_the_evaluation_sets(tmp_path):
+    import shutil
+
+    for name in ("A", "B", "TEST"):
+        shutil.copytree(SAMPLE / "ECSSD-TE", tmp_path / name)
+    (tmp_path / "notes").mkdir()  # not a set: no im/ folder
+    dm = DISDataModule(str(tmp_path), train_sets="*", val_sets=["TEST"], test_sets=["TEST"], size=(64, 64))
+    dm.setup("fit")
+    assert dm.train_sets == ["A", "B"] and len(dm.train_set) == 32
