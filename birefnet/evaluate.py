@@ -19,6 +19,7 @@ and method). Under DDP every output covers all processes' images.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -41,7 +42,16 @@ from birefnet.metrics.dis import score_image
 from birefnet.metrics.kernels import compile_kernels
 from birefnet.models import load_model
 from birefnet.models.checkpoint import model_card
-from birefnet.reporting import full_size_uint8, plot_curves, print_table, write_curves, write_results
+from birefnet.reporting import (
+    add_group_means,
+    full_size_uint8,
+    plot_curves,
+    print_table,
+    select_best,
+    write_curves,
+    write_results,
+    write_selection,
+)
 from birefnet.utils import save_config
 
 log = logging.getLogger("birefnet")
@@ -70,13 +80,13 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
 }
 
 
-def _score_pair(job: tuple[str, str, str]):
+def _score_pair(job: tuple[str, str, str, str]):
     """Worker: read one prediction and its mask, resize the prediction if needed, score it.
 
     Returns ``(name, scores, resized, problem)``; an unreadable file is a problem string, not an exception, so
     the caller can list every bad file of a set in one message.
     """
-    name, pred_path, gt_path = job
+    name, pred_path, gt_path, hce_convention = job
     try:
         gt = read_mask(gt_path)
         pred = read_mask(pred_path)
@@ -85,11 +95,16 @@ def _score_pair(job: tuple[str, str, str]):
     resized = pred.shape != gt.shape
     if resized:
         pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return name, score_image(pred, gt), resized, None
+    return name, score_image(pred, gt, hce_convention=hce_convention), resized, None
 
 
 def evaluate_prediction_folders(
-    predictions: Mapping[str, str], data_root: str, sets: list[str], worst_cases: int = 10, workers: int | None = None
+    predictions: Mapping[str, str],
+    data_root: str,
+    sets: list[str],
+    worst_cases: int = 10,
+    workers: int | None = None,
+    hce_convention: str = "pysodmetrics",
 ) -> tuple[dict, dict, dict]:
     """Metrics of prediction folders ``{method: DIR}`` with ``DIR/<set>/<stem>.png`` against the masks.
 
@@ -126,8 +141,8 @@ def evaluate_prediction_folders(
                         f"(e.g. {', '.join(m + '.png' for m in missing[:5])}). Predict every image of {set_name} "
                         "first."
                     )
-                metric = DISMetrics(keep_per_image=True)
-                jobs = [(s.name, str(pred_dir / f"{s.name}.png"), str(s.mask)) for s in samples]
+                metric = DISMetrics(keep_per_image=True, hce_convention=hce_convention)
+                jobs = [(s.name, str(pred_dir / f"{s.name}.png"), str(s.mask), hce_convention) for s in samples]
                 scored = pool.map(_score_pair, jobs, chunksize=4) if pool else map(_score_pair, jobs)
                 resized, unreadable = 0, []
                 with Progress(transient=True) as progress:
@@ -165,8 +180,14 @@ def evaluate_prediction_folders(
 class _EvalModule(DISLitModule):
     """Test-only wrapper: fixed preprocessing is done by the data pipeline; optionally writes PNGs."""
 
-    def __init__(self, net: torch.nn.Module, prediction_dir: str | None = None, worst_cases: int = 10) -> None:
-        super().__init__(net, log_images=0, worst_cases=worst_cases)
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        prediction_dir: str | None = None,
+        worst_cases: int = 10,
+        hce_convention: str = "pysodmetrics",
+    ) -> None:
+        super().__init__(net, log_images=0, worst_cases=worst_cases, hce_convention=hce_convention)
         self.prediction_dir = prediction_dir
 
     def setup(self, stage: str) -> None:
@@ -204,12 +225,13 @@ def checkpoint_preprocessing(net: torch.nn.Module, size=None, preprocessing: str
     return chosen, f"the model's card with {why}" if why else "the model's card"
 
 
-def evaluate_checkpoint(cfg: DictConfig, method: str) -> tuple[dict, dict, dict]:
-    """Run a checkpoint over ``cfg.data.test_sets`` with the Lightning trainer from ``cfg.trainer``, preprocessed
-    as its card says (``size`` / ``preprocessing`` override it)."""
-    net = load_model(cfg.checkpoint)
+def evaluate_checkpoint(cfg: DictConfig, method: str, checkpoint: str | None = None) -> tuple[dict, dict, dict]:
+    """Run a checkpoint (``cfg.checkpoint`` unless given) over ``cfg.data.test_sets`` with the Lightning trainer
+    from ``cfg.trainer``, preprocessed as its card says (``size`` / ``preprocessing`` override it)."""
+    checkpoint = checkpoint or cfg.checkpoint
+    net = load_model(checkpoint)
     card, why = checkpoint_preprocessing(net, cfg.get("size"), cfg.get("preprocessing"))
-    log.info("Evaluating %s (%s) with %s (%s).", cfg.checkpoint, type(net).__name__, card.describe(), why)
+    log.info("Evaluating %s (%s) with %s (%s).", checkpoint, type(net).__name__, card.describe(), why)
     overrides: dict = {"normalization": card.normalization, "interpolation": card.interpolation}
     if card.input_size is None:
         overrides.update(eval_size="original", eval_batch_size=1)
@@ -217,7 +239,7 @@ def evaluate_checkpoint(cfg: DictConfig, method: str) -> tuple[dict, dict, dict]
         overrides["eval_size"] = list(card.input_size)
     datamodule: L.LightningDataModule = instantiate(cfg.data, **overrides)
     pred_dir = str(Path(cfg.paths.output_dir) / "predictions" / method) if cfg.get("save_predictions") else None
-    module = _EvalModule(net, pred_dir, cfg.get("worst_cases", 10))
+    module = _EvalModule(net, pred_dir, cfg.get("worst_cases", 10), cfg.get("hce_convention", "pysodmetrics"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     trainer.test(module, datamodule=datamodule)
     results, curves, worst = {}, {}, {}
@@ -228,6 +250,10 @@ def evaluate_checkpoint(cfg: DictConfig, method: str) -> tuple[dict, dict, dict]
     if pred_dir and trainer.is_global_zero:
         log.info("Predictions written to %s", pred_dir)
     return results, curves, worst
+
+
+def _measured(results: Mapping, metric: str) -> bool:
+    return any(metric in values for methods in results.values() for values in methods.values())
 
 
 def _prediction_folders(predictions) -> dict[str, str]:
@@ -242,12 +268,25 @@ def _prediction_folders(predictions) -> dict[str, str]:
     return {str(k): str(v) for k, v in predictions.items()}
 
 
+def _candidates(spec) -> list[str]:
+    """Checkpoint paths of ``candidates``: a glob (``run/checkpoints/epoch_*.ckpt``) or a list of paths/globs."""
+    patterns = [spec] if isinstance(spec, str) else list(spec)
+    paths = sorted({p for pattern in patterns for p in (glob.glob(str(pattern)) or [])})
+    if not paths:
+        raise ConfigError(
+            f"candidates={spec!r} matches no checkpoint; give the candidates of a run, e.g. "
+            "'candidates=logs/train/runs/<run>/checkpoints/epoch_*.ckpt'."
+        )
+    return paths
+
+
 def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate ``cfg.checkpoint`` and/or ``cfg.predictions``; write tables, plots and worst cases."""
-    if not cfg.get("checkpoint") and not cfg.get("predictions"):
+    """Evaluate ``cfg.checkpoint``, ``cfg.candidates`` (then choose the best as the reference does) and/or
+    ``cfg.predictions``; write tables, plots and worst cases."""
+    if not cfg.get("checkpoint") and not cfg.get("predictions") and not cfg.get("candidates"):
         raise ValueError(
-            "Nothing to evaluate: pass checkpoint=FILE or predictions={name: DIR} "
-            "(e.g. 'predictions={mine: /path/to/preds}')."
+            "Nothing to evaluate: pass checkpoint=FILE, candidates='<run>/checkpoints/epoch_*.ckpt' or "
+            "predictions={name: DIR} (e.g. 'predictions={mine: /path/to/preds}')."
         )
     output_dir = Path(cfg.paths.output_dir)
     save_config(cfg, output_dir)
@@ -263,6 +302,9 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.get("checkpoint"):
         method = cfg.get("method") or Path(cfg.checkpoint).stem
         merge(evaluate_checkpoint(cfg, method))
+    candidates = _candidates(cfg.candidates) if cfg.get("candidates") else []
+    for path in candidates:
+        merge(evaluate_checkpoint(cfg, Path(path).stem, path))
     if cfg.get("predictions"):
         merge(
             evaluate_prediction_folders(
@@ -271,8 +313,11 @@ def evaluate(cfg: DictConfig) -> dict:
                 list(cfg.data.test_sets),
                 cfg.get("worst_cases", 10),
                 cfg.get("workers"),
+                cfg.get("hce_convention", "pysodmetrics"),
             )
         )
+    measured_sets = list(results)
+    results = add_group_means(results, cfg.data.get("set_groups"))
     if (
         not torch.distributed.is_available()
         or not torch.distributed.is_initialized()
@@ -290,6 +335,12 @@ def evaluate(cfg: DictConfig) -> dict:
                 print_table(
                     {s: merged[s] for s in results if s in PUBLISHED}, "measured vs published (not measured here)"
                 )
+        if candidates:
+            criteria = [c for c in cfg.get("selection_criteria") or ["Sm", "wFm", "HCE"] if _measured(results, c)]
+            selection = select_best(results, measured_sets, [Path(p).stem for p in candidates], criteria)
+            for row in selection["best"].values():
+                row["checkpoint"] = next(p for p in candidates if Path(p).stem == row["method"])
+            write_selection(selection, output_dir)
         atomic_write_text(output_dir / "worst_cases.json", json.dumps(worst, indent=1))
         write_curves(curves, output_dir)
         plots = plot_curves(curves, output_dir)

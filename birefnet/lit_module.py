@@ -47,6 +47,8 @@ class DISLitModule(L.LightningModule):
         channels_last: keep the network and its inputs in channels-last memory format (faster convolutions
             with tensor cores under bf16/fp16).
         worst_cases: how many images with the highest MAE the test results list per set.
+        hce_convention: how HCE binarises predictions, ``"pysodmetrics"`` or ``"reference"`` (see
+            :func:`birefnet.metrics.functional.image_scores`).
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class DISLitModule(L.LightningModule):
         init_from: str | None = None,
         channels_last: bool = False,
         worst_cases: int = 10,
+        hce_convention: str = "pysodmetrics",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
@@ -96,7 +99,7 @@ class DISLitModule(L.LightningModule):
         ):
             for name in names:
                 if name not in store:
-                    store[name] = DISMetrics()
+                    store[name] = DISMetrics(hce_convention=self.hparams.hce_convention)
 
     def _set_names(self, stage: str) -> list[str]:
         dm = self.trainer.datamodule

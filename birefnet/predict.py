@@ -435,7 +435,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size",
         type=_parse_size,
         default=None,
-        help="inference size: 1024, 1024x768, or 'original' (rounded to 32); default: the model's preprocessing card",
+        help="inference size: 1024, 1024x768, or 'original' (rounded down to 32); default: the model's card",
     )
     parser.add_argument(
         "--preprocessing",

@@ -129,14 +129,15 @@ class PreprocessingCard:
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         """The network input size for an image of ``height x width``: the card's size, or the image's own
-        rounded to the nearest multiple of ``size_divisor`` (at least one divisor)."""
+        rounded down to a multiple of ``size_divisor`` (at least one divisor), as the reference's inference at the
+        original resolution."""
         if self.input_size is not None:
             return self.input_size
         d = self.size_divisor
-        return max(d, round(height / d) * d), max(d, round(width / d) * d)
+        return max(d, height // d * d), max(d, width // d * d)
 
     def describe(self) -> str:
-        size = f"each image's size rounded to {self.size_divisor}"
+        size = f"each image's size rounded down to {self.size_divisor}"
         if self.input_size is not None:
             size = "x".join(map(str, self.input_size))
         task = f", trained for {self.task}" if self.task else ""

@@ -14,16 +14,19 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 
 from birefnet.atomic import atomic_path, atomic_write_text
-from birefnet.metrics.registry import format_value, ordered
+from birefnet.metrics.registry import METRICS, format_value, ordered
 
 __all__ = [
+    "add_group_means",
     "full_size_uint8",
     "metrics_table",
     "plot_curves",
     "print_table",
+    "select_best",
     "table_rows",
     "write_curves",
     "write_results",
+    "write_selection",
 ]
 
 Results = Mapping[str, Mapping[str, Mapping[str, float]]]  # {set: {method: {metric: value}}}
@@ -35,6 +38,23 @@ def full_size_uint8(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     p = prob.reshape(1, 1, *prob.shape[-2:]).float()
     full = F.interpolate(p, size=tuple(size), mode="bilinear", align_corners=True)[0, 0]
     return (full.clamp(0, 1) * 255).byte()
+
+
+def add_group_means(results: Results, groups: Mapping[str, list[str]] | None) -> dict:
+    """``results`` with one more row per group of sets: the mean of each metric over the group's sets present for
+    that method (the BiRefNet paper's ``DIS-TEs`` = mean of DIS-TE1..4, DIS-VD excluded), after the sets."""
+    out = {s: dict(ms) for s, ms in results.items()}
+    for group, sets in (groups or {}).items():
+        present = [s for s in sets if s in results]
+        methods = dict.fromkeys(m for s in present for m in results[s])
+        rows = {}
+        for method in methods:
+            values = [results[s][method] for s in present if method in results[s]]
+            keys = [k for k in values[0] if all(k in v for v in values)]
+            rows[method] = {k: sum(float(v[k]) for v in values) / len(values) for k in keys}
+        if rows:
+            out[group] = rows
+    return out
 
 
 def table_rows(results: Results) -> tuple[list[str], list[list[str]]]:
@@ -137,3 +157,43 @@ def plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]], 
             fig.savefig(tmp, dpi=110)
         paths.append(path)
     return paths
+
+
+def select_best(results: Results, sets: list[str], methods: list[str], criteria: list[str]) -> dict:
+    """The reference's checkpoint choice (``gen_best_ep.py``): for each criterion the method (checkpoint) with the
+    best sum over ``sets`` (highest, or lowest for metrics where lower is better, e.g. HCE).
+
+    Returns ``{"criteria": [...], "sums": {method: {criterion: sum}}, "best": {criterion: {"method", "sum"}}}``.
+    """
+    sums = {
+        m: {c: sum(float(results[s][m][c]) for s in sets if m in results.get(s, {})) for c in criteria} for m in methods
+    }
+    best = {}
+    for c in criteria:
+        higher = METRICS[c].higher_is_better if c in METRICS else True
+        winner = (max if higher else min)(methods, key=lambda m, c=c: sums[m][c])
+        best[c] = {"method": winner, "sum": sums[winner][c]}
+    return {"criteria": list(criteria), "sets": list(sets), "sums": sums, "best": best}
+
+
+@rank_zero_only
+def write_selection(selection: dict, output_dir: str | Path) -> Path:
+    """``selection.json`` and ``selection.md``: every candidate's sums, the best per criterion marked."""
+    out = Path(output_dir)
+    atomic_write_text(out / "selection.json", json.dumps(selection, indent=2))
+    criteria = selection["criteria"]
+    lines = [
+        f"Sums over {', '.join(selection['sets'])}; best per criterion in bold.",
+        "",
+        "| candidate | " + " | ".join(f"sum {c}" for c in criteria) + " |",
+        "|---|" + "---|" * len(criteria),
+    ]
+    for method, sums in selection["sums"].items():
+        cells = []
+        for c in criteria:
+            text = format_value(c, sums[c])
+            cells.append(f"**{text}**" if selection["best"][c]["method"] == method else text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", *(f"- best by {c}: {b['method']}" for c, b in selection["best"].items())]
+    atomic_write_text(out / "selection.md", "\n".join(lines) + "\n")
+    return out / "selection.json"

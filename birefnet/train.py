@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from birefnet.errors import ConfigError
 from birefnet.models.checkpoint import model_card
-from birefnet.reporting import write_results
+from birefnet.reporting import add_group_means, write_results
 from birefnet.utils import instantiate_dict, log, save_config, split_logged_metrics
 
 __all__ = ["train"]
@@ -97,6 +97,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         metrics.update(test_metrics)
         results = split_logged_metrics(test_metrics, "test", cfg.get("task_name", "birefnet"))
+        results = add_group_means(results, datamodule.set_groups)
     if trainer.is_global_zero:
         if results:
             json_path = write_results(results, output_dir)

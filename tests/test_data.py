@@ -298,3 +298,24 @@ def test_datamodule_with_device_normalisation_trains(tmp_path):
     )
     trainer.fit(DISLitModule(BiRefNet("pvt_v2_b0", decoder_attention="")), datamodule=dm)
     assert 0 < trainer.callback_metrics["val/Sm"] <= 1
+
+
+def test_similar_colour_background_scales_all_channels_together():
+    """The reference's hard negative: the foreground mean times one factor in [0.8, 1.2], the hue kept."""
+    from birefnet.data.transforms import BackgroundColorSynthesis
+
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[10:30, 10:30] = (200, 100, 50)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:30, 10:30] = 255
+    synth = BackgroundColorSynthesis(p=1.0)
+    similar = 0
+    for seed in range(60):
+        synth.set_random_seed(seed)
+        color = synth.get_params_dependent_on_data({}, {"image": image, "mask": mask})["color"]
+        ratios = color / np.array([200.0, 100.0, 50.0])
+        if np.ptp(ratios) < 1e-5 and 0.8 <= ratios[0] <= 1.2:
+            similar += 1
+        elif not (color[0] == color[1] == color[2]):  # otherwise grey (40 %) or a random colour (20 %)
+            assert np.ptp(ratios) > 1e-3
+    assert 10 <= similar <= 40  # about 40 % of 60 draws

@@ -250,7 +250,7 @@ def test_official_layout_file_is_evaluated_and_predicted_at_1024(tmp_path, caplo
 
 def test_dynamic_card_predicts_each_image_at_its_own_size():
     card = PreprocessingCard(input_size=None)
-    assert card.target_size(300, 470) == (288, 480)
+    assert card.target_size(300, 470) == (288, 448) and card.target_size(20, 40) == (32, 32)  # floor, as the reference
     net = BiRefNet(**TINY).eval()
     net.preprocessing = card
     predictor = Predictor(model=net, device="cpu")

@@ -118,6 +118,7 @@ def test_dis_metrics_keys_hce_and_conventions():
         "meanBIoU",
         "IoU",
         "Dice",
+        "MSE",
     }
     n = len(ORACLE["images"])
     assert result["HCE"].item() == pytest.approx(ORACLE["dataset"]["HCE"] * n / (n + 1))
@@ -270,9 +271,32 @@ def test_a_registered_metric_reaches_compute_tables_and_result_files(tmp_path):
         assert values["FGfrac"] == pytest.approx(expected) and values["Sm"] == pytest.approx(1.0)
         table = metrics_table(results)
         header = table.splitlines()[0]
-        assert header.endswith("| Dice | FGfrac |") and f"| {expected:.4f} |" in table
+        assert header.endswith("| Dice | MSE | FGfrac |") and f"| {expected:.4f} |" in table
         write_results(results, tmp_path / "out")
-        assert (tmp_path / "out" / "results.csv").read_text().splitlines()[0].endswith(",Dice,FGfrac")
+        assert (tmp_path / "out" / "results.csv").read_text().splitlines()[0].endswith(",Dice,MSE,FGfrac")
     finally:
         unregister_metric("FGfrac")
     assert "FGfrac" not in DISMetrics().compute()
+
+
+def test_mse_and_both_hce_conventions_follow_their_definitions():
+    from birefnet.metrics.functional import hce, image_scores
+
+    g = np.zeros((60, 80), bool)
+    g[10:40, 15:60] = True
+    pred = np.full(g.shape, 40, np.uint8)  # not full range: 40..200
+    pred[10:40, 15:60] = 200
+    pred[42:60, 2:40] = 125  # above the normalised 0.5 (raw 120), below the reference's raw 128
+    pred[12:20, 20:30] = 110  # a hole under both conventions
+    p = (pred.astype(np.float64) / 255 - 40 / 255) / (200 / 255 - 40 / 255)  # PySODMetrics' min-max stretch
+    pysod = image_scores(pred, g, hce_convention="pysodmetrics")
+    reference = image_scores(pred, g, hce_convention="reference")
+    assert pysod.hce == hce(p > 0.5, g) and reference.hce == hce(pred > 128, g)
+    assert pysod.hce != reference.hce
+    assert pysod.mse == pytest.approx(np.mean((p - g) ** 2), abs=1e-12)  # the reference's MSE
+    metric = DISMetrics(hce_convention="reference")
+    metric.update([torch.from_numpy(pred)], [torch.from_numpy(g)])
+    result = metric.compute()
+    assert result["HCE"] == reference.hce and result["MSE"].item() == pytest.approx(pysod.mse)
+    with pytest.raises(ValueError, match="hce_convention"):
+        DISMetrics(hce_convention="skimage")

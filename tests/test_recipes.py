@@ -92,3 +92,51 @@ def test_star_trains_on_every_set_but_the_evaluation_sets(tmp_path):
     dm = DISDataModule(str(tmp_path), train_sets="*", val_sets=["TEST"], test_sets=["TEST"], size=(64, 64))
     dm.setup("fit")
     assert dm.train_sets == ["A", "B"] and len(dm.train_set) == 32
+
+
+def _two_sets(root, n=3):
+    import shutil
+
+    names = sorted(p.stem for p in (SAMPLE / "ECSSD-TE" / "im").glob("*.jpg"))
+    for k, set_name in enumerate(("A", "B")):
+        for sub, ext in (("im", "jpg"), ("gt", "png")):
+            (root / set_name / sub).mkdir(parents=True)
+            for name in names[k * n : (k + 1) * n]:
+                shutil.copy(SAMPLE / "ECSSD-TE" / sub / f"{name}.{ext}", root / set_name / sub)
+
+
+def test_candidates_are_evaluated_and_the_best_chosen_per_criterion_with_group_rows(tmp_path):
+    import json
+
+    from birefnet.evaluate import evaluate
+    from birefnet.models import U2Net, save_model
+
+    _two_sets(tmp_path / "data")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_model(U2Net("u2netp").eval(), tmp_path / "run" / f"epoch_{seed:03d}.safetensors")
+    cfg = compose_config(
+        "eval",
+        tmp_path / "out",
+        [
+            f"candidates={tmp_path / 'run'}/epoch_*.safetensors",
+            f"data.root={tmp_path / 'data'}",
+            "data.test_sets=[A,B]",
+            "+data.set_groups={AB: [A, B]}",
+            "size=[64,64]",
+            "hce_convention=reference",
+        ],
+    )
+    results = evaluate(cfg)
+    for method in ("epoch_000", "epoch_001"):  # the group row is the mean of its sets
+        for key in ("Sm", "HCE", "MSE"):
+            mean = (results["A"][method][key] + results["B"][method][key]) / 2
+            assert results["AB"][method][key] == pytest.approx(mean)
+    selection = json.loads((tmp_path / "out" / "selection.json").read_text())
+    assert selection["sets"] == ["A", "B"] and selection["criteria"] == ["Sm", "wFm", "HCE"]
+    for criterion, pick in (("Sm", max), ("wFm", max), ("HCE", min)):
+        sums = {m: results["A"][m][criterion] + results["B"][m][criterion] for m in ("epoch_000", "epoch_001")}
+        best = pick(sums, key=sums.get)
+        assert selection["best"][criterion]["method"] == best
+        assert selection["best"][criterion]["checkpoint"].endswith(f"{best}.safetensors")
+    assert "AB" in (tmp_path / "out" / "results.md").read_text() and (tmp_path / "out" / "selection.md").is_file()

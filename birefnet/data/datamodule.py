@@ -77,6 +77,8 @@ class DISDataModule(L.LightningDataModule):
             the model's preprocessing card decides it in ``train.py`` and ``evaluate.py``.
         interpolation: the evaluation resize filter (``bilinear``, ``bicubic``, ``area``, ``nearest``).
         task: what these sets are for (``DIS5K``, ``COD``, ``SOD``...); written into the model's card by training.
+        set_groups: named groups of test sets whose mean is reported as a row of its own (``{"DIS-TEs":
+            ["DIS-TE1", ..., "DIS-TE4"]}``, the paper's DIS-TEs row).
         crop_size: random training crop after the resize (U2-Net: 288 from 320), or ``None``.
         cache_dir: keep training images resized to ``size`` here (lossless PNG) for the following epochs.
         normalize_on_device: loaders yield uint8 images; the LightningModule normalises them on the device.
@@ -111,6 +113,7 @@ class DISDataModule(L.LightningDataModule):
         eval_size: Sequence[int] | str | None = None,
         interpolation: str = "bilinear",
         task: str = "",
+        set_groups: dict[str, Sequence[str]] | None = None,
     ) -> None:
         super().__init__()
         size = _check_size(size, "data.size")
@@ -137,6 +140,7 @@ class DISDataModule(L.LightningDataModule):
         self.size = size
         self.eval_size = eval_size or size
         self.interpolation, self.task = interpolation, task
+        self.set_groups = {str(k): parse_sets(v) for k, v in (set_groups or {}).items()}
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.augmentations = list(augmentations)
         self.background_synthesis = background_synthesis

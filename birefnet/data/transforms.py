@@ -152,7 +152,8 @@ class RandomCenterCrop(A.DualTransform):
 
 
 class BackgroundColorSynthesis(A.DualTransform):
-    """Replace the background by a flat colour: 40 % grey, 40 % near the foreground mean (+-20 %), 20 % random."""
+    """Replace the background by a flat colour: 40 % grey, 40 % the foreground mean scaled by one factor in
+    [0.8, 1.2] for all channels (a hard negative of the same hue, as the reference), 20 % random."""
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         r = self.py_random
@@ -163,7 +164,7 @@ class BackgroundColorSynthesis(A.DualTransform):
         elif u < 0.8:
             weight = mask.astype(np.float32)[..., None] / 255.0
             fg_mean = (img * weight).sum((0, 1)) / max(float(weight.sum()), 1.0)
-            color = np.clip(fg_mean * np.array([1 + r.uniform(-0.2, 0.2) for _ in range(3)]), 0, 255)
+            color = np.clip(fg_mean * (1 + r.uniform(-0.2, 0.2)), 0, 255)
         else:
             color = np.array([r.randint(0, 255) for _ in range(3)], dtype=np.float32)
         return {"color": color.astype(np.float32), "alpha": mask.astype(np.float32)[..., None] / 255.0}
@@ -279,8 +280,8 @@ def train_transform(
 
 
 class ResizeToMultiple(A.DualTransform):
-    """Resize image and mask to their own size rounded to the nearest multiple of ``divisor`` (BiRefNet_dynamic
-    inference: each image at about its own size)."""
+    """Resize image and mask to their own size rounded down to a multiple of ``divisor`` (at least one divisor),
+    as the reference's inference at the original resolution (BiRefNet_dynamic)."""
 
     def __init__(self, divisor: int = 32, interpolation: int = cv2.INTER_LINEAR) -> None:
         super().__init__(p=1.0)
@@ -288,7 +289,7 @@ class ResizeToMultiple(A.DualTransform):
 
     def _target(self, arr: np.ndarray) -> tuple[int, int]:
         d = self.divisor
-        return max(d, round(arr.shape[1] / d) * d), max(d, round(arr.shape[0] / d) * d)
+        return max(d, arr.shape[1] // d * d), max(d, arr.shape[0] // d * d)
 
     def apply(self, img: np.ndarray, **params) -> np.ndarray:
         return cv2.resize(img, self._target(img), interpolation=self.interpolation)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from birefnet.metrics.functional import ImageScores, binary_gt, image_scores, quantise
+from birefnet.metrics.functional import HCE_CONVENTIONS, ImageScores, binary_gt, image_scores, quantise
 from birefnet.metrics.registry import METRICS, MetricSpec
 
 __all__ = ["DISMetrics", "score_image", "to_numpy_map"]
@@ -35,12 +35,16 @@ def _enabled(with_hce: bool, with_boundary: bool) -> list[MetricSpec]:
 
 
 def score_image(
-    pred: np.ndarray, gt: np.ndarray, with_hce: bool = True, with_boundary: bool = True
+    pred: np.ndarray,
+    gt: np.ndarray,
+    with_hce: bool = True,
+    with_boundary: bool = True,
+    hce_convention: str = "pysodmetrics",
 ) -> tuple[ImageScores, dict[str, float | np.ndarray]]:
     """One image's :class:`ImageScores` and the scores of the registered extra metrics (``{score: value}``)."""
     q, g = quantise(pred), binary_gt(gt)
     extras = {m.score: m.function(q, g) for m in _enabled(with_hce, with_boundary) if m.function is not None}
-    return image_scores(q, g, with_hce, with_boundary), extras
+    return image_scores(q, g, with_hce, with_boundary, hce_convention), extras
 
 
 def _state(score: str) -> str:
@@ -54,11 +58,13 @@ class DISMetrics(Metric):
     ``update(preds, targets)`` takes batches ``(B, 1, H, W)`` / ``(B, H, W)`` or lists of maps of different
     sizes, at the original image size: predictions as probabilities in [0, 1] or uint8 maps, masks as bool,
     uint8 (> 128 is foreground) or float. ``compute()`` returns the built-in ``maxFm wFm MAE Sm meanEm HCE maxEm
-    meanFm adpEm adpFm mBA maxBIoU meanBIoU IoU Dice`` and every registered one; max/mean F, E and BIoU are
+    meanFm adpEm adpFm mBA maxBIoU meanBIoU IoU Dice MSE`` and every registered one; max/mean F, E and BIoU are
     taken on the image-averaged 256-threshold curves (PySODMetrics). "maxFm" is the maximum of the mean F curve
     (PySODMetrics, the DIS and BiRefNet papers); the other convention in the literature, the mean of per-image
-    maxima, is :meth:`mean_of_max_fm`. HCE uses PySODMetrics' binarisation (normalised prediction > 0.5); mBA
-    and BIoU follow BiRefNet's evaluation (mBA skips images whose mask has no boundary instead of returning NaN).
+    maxima, is :meth:`mean_of_max_fm`. HCE binarises as ``hce_convention`` says: PySODMetrics' normalised
+    prediction > 0.5 (default) or the reference's raw prediction > 128. MSE is the reference's (normalised
+    prediction against the binary mask). mBA and BIoU follow BiRefNet's evaluation (mBA skips images whose
+    mask has no boundary instead of returning NaN).
     ``curves()`` and ``worst()`` cover every process's images under DDP, as ``compute()`` does.
     """
 
@@ -66,10 +72,17 @@ class DISMetrics(Metric):
     higher_is_better = None
 
     def __init__(
-        self, keep_per_image: bool = False, with_hce: bool = True, with_boundary: bool = True, **kwargs
+        self,
+        keep_per_image: bool = False,
+        with_hce: bool = True,
+        with_boundary: bool = True,
+        hce_convention: str = "pysodmetrics",
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.with_hce, self.with_boundary = with_hce, with_boundary
+        if hce_convention not in HCE_CONVENTIONS:
+            raise ValueError(f"hce_convention must be one of {HCE_CONVENTIONS}, not {hce_convention!r}.")
+        self.with_hce, self.with_boundary, self.hce_convention = with_hce, with_boundary, hce_convention
         self.specs = _enabled(with_hce, with_boundary)
         #: keep (name, MAE, Sm) per image for worst-case listings (gathered from every process by :meth:`worst`)
         self.keep_per_image = keep_per_image
@@ -98,7 +111,9 @@ class DISMetrics(Metric):
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predictions but {len(targets)} targets.")
         for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
-            scores, extras = score_image(to_numpy_map(pred), to_numpy_map(target), self.with_hce, self.with_boundary)
+            scores, extras = score_image(
+                to_numpy_map(pred), to_numpy_map(target), self.with_hce, self.with_boundary, self.hce_convention
+            )
             self._accumulate(scores, extras, names[i] if names else None)
 
     def add_scores(self, s: ImageScores, name: str | None = None, extras: dict | None = None) -> None:

@@ -34,9 +34,21 @@ from birefnet.metrics.kernels import (
     weighted_f_terms,
 )
 
-__all__ = ["EPS", "ImageScores", "binary_gt", "boundary_iou_curve", "hce", "image_scores", "mba", "quantise"]
+__all__ = [
+    "EPS",
+    "HCE_CONVENTIONS",
+    "ImageScores",
+    "binary_gt",
+    "boundary_iou_curve",
+    "hce",
+    "image_scores",
+    "mba",
+    "quantise",
+]
 
 EPS = np.spacing(1)
+#: How HCE binarises the prediction (see :func:`image_scores`).
+HCE_CONVENTIONS = ("pysodmetrics", "reference")
 BETA2 = 0.3
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)  # skimage disk(1)
 
@@ -326,6 +338,7 @@ class ImageScores:
     iou: float
     dice: float
     hce: float
+    mse: float
     mba: float
     biou_curve: np.ndarray
 
@@ -335,6 +348,7 @@ def image_scores(
     gt: np.ndarray,
     with_hce: bool = True,
     with_boundary: bool = True,
+    hce_convention: str = "pysodmetrics",
 ) -> ImageScores:
     """Every metric for one image from shared histograms.
 
@@ -342,6 +356,9 @@ def image_scores(
         pred: uint8 map (0..255) or float probabilities in [0, 1], H x W.
         gt: uint8 (> 128 is foreground), bool or float mask, H x W.
         with_hce / with_boundary: compute HCE / mBA and BIoU (the costlier ones).
+        hce_convention: ``"pysodmetrics"`` binarises the min-max-normalised prediction at > 0.5 (PySODMetrics);
+            ``"reference"`` the raw prediction at > 128 (of 255), as BiRefNet's and the DIS evaluation code do.
+            They differ on maps that do not span the full range.
     """
     q = quantise(pred)
     g = binary_gt(gt)
@@ -358,6 +375,7 @@ def image_scores(
     bg, fg = hist[:256], hist[256:]
 
     mae = ((bg * p).sum() + (fg * (1 - p)).sum()) / n
+    mse = ((bg * p * p).sum() + (fg * (1 - p) ** 2).sum()) / n  # the reference's MSE: normalised map, binary gt
     sm = _s_measure(quadrants, fg, bg, cy, cx, p, g.shape)
 
     # adaptive threshold: pred >= min(2 mean, 1)
@@ -391,7 +409,10 @@ def image_scores(
 
     wfm = weighted_f_measure(q, p, g)
     # p is non-decreasing in the level, so "p > 0.5" is "q >= the first level above one half"
-    hce_value = float(hce(q >= np.searchsorted(p, 0.5, side="right"), g)) if with_hce else float("nan")
+    if hce_convention not in HCE_CONVENTIONS:
+        raise ValueError(f"hce_convention must be one of {HCE_CONVENTIONS}, not {hce_convention!r}.")
+    hce_bin = q >= np.searchsorted(p, 0.5, side="right") if hce_convention == "pysodmetrics" else q > 128
+    hce_value = float(hce(hce_bin, g)) if with_hce else float("nan")
     if with_boundary:
         mba_value = mba(q, g)
         biou = boundary_iou_curve(cv2.LUT(q, qn), g)
@@ -410,6 +431,7 @@ def image_scores(
         iou=float(iou),
         dice=float(dice),
         hce=hce_value,
+        mse=float(mse),
         mba=mba_value,
         biou_curve=biou,
     )

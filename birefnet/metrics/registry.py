@@ -73,6 +73,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("meanBIoU", "biou_curve", "curve_mean", group="boundary"),
         MetricSpec("IoU", "iou"),
         MetricSpec("Dice", "dice"),
+        MetricSpec("MSE", "mse", higher_is_better=False),
     )
 }
 

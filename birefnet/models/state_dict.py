@@ -190,6 +190,7 @@ def write_checkpoint(
             ".pth / .pt."
         )
     tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         if fmt == "safetensors":
             from safetensors.torch import save_file

@@ -140,7 +140,7 @@ def zoo_markdown() -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in MODEL_ZOO.values():
-        size = "x".join(map(str, e.card.input_size)) if e.card.input_size else "own size, rounded to 32"
+        size = "x".join(map(str, e.card.input_size)) if e.card.input_size else "own size, rounded down to 32"
         source = e.repo_id or "release file"
         files = ", ".join(f"`{f}`" for f in e.files) or "-"
         rows.append(
