@@ -223,3 +223,14 @@ def test_compiled_predictor_gives_the_same_masks(tiny_checkpoint):
     eager = Predictor(tiny_checkpoint, size=(64, 64)).masks([image])[0]
     compiled = Predictor(tiny_checkpoint, size=(64, 64), compile={"backend": "eager"}).masks([image])[0]
     assert np.allclose(eager, compiled, atol=1e-6)
+
+
+def test_swin_onnx_export_pads_windows_like_pytorch(tmp_path):
+    """A Swin backbone whose token maps are not multiples of the window (16 -> 21 at 64 px with window 7, and the
+    half-scale pass) exports and runs in onnxruntime: the padded size is computed without a negative integer
+    division, which ONNX truncates."""
+    torch.manual_seed(0)
+    tiny_swin = {"embed_dim": 24, "depths": (2, 2, 2, 2), "num_heads": (1, 1, 2, 2), "window_size": 7}
+    model = BiRefNet("swin_v1_t", backbone_kwargs=tiny_swin, decoder_attention="").eval()
+    diff = export_onnx(model, tmp_path / "m.onnx", size=(64, 64), dynamic_size=False)
+    assert diff is not None and diff <= 1e-3

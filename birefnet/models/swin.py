@@ -194,7 +194,8 @@ class BasicLayer(nn.Module):
 
     def _shift_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         ws, s = self.window_size, self.shift_size
-        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+        # (h + ws - 1) // ws, not -(-h // ws): traced for ONNX, integer division of a negative size truncates
+        hp, wp = (h + ws - 1) // ws * ws, (w + ws - 1) // ws * ws
         img = torch.zeros((1, hp, wp, 1), device=device)
         label = 0
         for hs in (slice(0, -ws), slice(-ws, -s), slice(-s, None)):
