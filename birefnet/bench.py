@@ -111,15 +111,24 @@ def bench_model(
     channels_last: bool = False,
     grad_checkpointing: bool = False,
     deform_impl: str = "auto",
+    backend: str = "torch",
 ) -> list[dict]:
     """Time the training step and/or inference of one configuration; returns table rows.
+
+    ``backend="onnxruntime"`` times inference of the exported graph (fp32, fixed size) in onnxruntime's CPU
+    provider with as many threads as torch uses. ``peak RSS GB`` is the process's peak resident memory so far:
+    run one configuration per command to read it per backend.
 
     ``backbone``, ``size``, ``batch`` and ``iters`` default to the paper model on a GPU (Swin-V1-L, 1024, 4, 10)
     and to a tiny configuration on a CPU (PVT-v2-b0, 256, 2, 3)."""
     from birefnet.losses import DISLoss, MultiBCELoss
     from birefnet.models import BiRefNet, U2Net
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if backend not in ("torch", "onnxruntime"):
+        raise ValueError(f"backend must be 'torch' or 'onnxruntime', not {backend!r}.")
+    if backend == "onnxruntime" and tuple(modes) != ("infer",):
+        raise ValueError("the onnxruntime backend runs inference only: pass --modes infer.")
+    device = torch.device("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu")
     defaults = ("swin_v1_l", 1024, 4, 10) if device.type == "cuda" else ("pvt_v2_b0", 256, 2, 3)
     backbone, size, batch, iters = (v if v is not None else d for v, d in zip((backbone, size, batch, iters), defaults))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
@@ -152,10 +161,14 @@ def bench_model(
             torch.cuda.reset_peak_memory_stats()
         ms = statistics.median(timer.time(fn, warmup, iters))
         peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan")
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
         return {
             "model": name,
+            "backend": backend,
             "mode": mode,
-            "precision": precision,
+            "precision": "fp32" if backend == "onnxruntime" else precision,
             "compile": compile,
             "size": size,
             "batch": batch,
@@ -163,6 +176,7 @@ def bench_model(
             "images/s": batch / ms * 1000,
             "TFLOP/s": flop_factor * flops / ms / 1e9,
             "peak GB": peak,
+            "peak RSS GB": rss,
             "params M": params,
         }
 
@@ -180,7 +194,9 @@ def bench_model(
             opt.zero_grad(set_to_none=True)
 
         rows.append(row("train", step, 3))  # backward ~ 2x forward
-    if "infer" in modes:
+    if "infer" in modes and backend == "onnxruntime":
+        rows.append(row("infer", _onnxruntime_runner(net.eval(), x), 1))
+    elif "infer" in modes:
         net.eval()
 
         def infer() -> None:
@@ -189,6 +205,21 @@ def bench_model(
 
         rows.append(row("infer", infer, 1))
     return rows
+
+
+def _onnxruntime_runner(net: torch.nn.Module, x: torch.Tensor):
+    """A function running ``x`` through ``net`` exported to ONNX, in onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    from birefnet.export import export_onnx
+
+    path = Path(tempfile.mkdtemp()) / "model.onnx"
+    export_onnx(net, path, tuple(x.shape[-2:]), dynamic_size=False, check=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"image": x.cpu().numpy()}
+    return lambda: session.run(None, feed)
 
 
 def bench_activation_memory(backbone: str = "swin_v1_l", size: int = 1024, **net_kwargs) -> list[dict]:
@@ -521,6 +552,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--channels-last", action="store_true")
     m.add_argument("--grad-checkpointing", action="store_true")
     m.add_argument("--deform-impl", default="auto", choices=["auto", "torchvision", "grid_sample"])
+    m.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="inference runtime")
     mt = sub.add_parser("metrics", help="metric suite vs PySODMetrics")
     mt.set_defaults(run=bench_metrics)
     mt.add_argument("--images", type=int, default=20)

@@ -26,6 +26,8 @@ def test_model_bench_tiny_cpu(tmp_path):
     assert all(r["ms"] > 0 and r["images/s"] > 0 and r["TFLOP/s"] > 0 for r in rows)
     rows = bench(tmp_path, "model", "--model", "u2netp", "--precision", "fp32", "--modes", "infer", *common)
     assert rows[0]["model"] == "U2-Netp" and rows[0]["params M"] < 1.2 and len(rows) == 1
+    rows = bench(tmp_path, "model", "--model", "u2netp", "--modes", "infer", "--backend", "onnxruntime", *common)
+    assert rows[0]["backend"] == "onnxruntime" and rows[0]["ms"] > 0 and rows[0]["peak RSS GB"] > 0
 
 
 def test_metrics_parts_memory_and_data_bench_small(tmp_path):
