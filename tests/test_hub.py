@@ -290,3 +290,30 @@ def test_every_zoo_entry_has_a_valid_card_and_unique_names():
     assert find_zoo_entry("/weights/BiRefNet_lite-general-2K-epoch_232.pth").card.input_size == (1440, 2560)
     assert find_zoo_entry("ZhengPeng7/BiRefNet_dynamic@main").card.input_size is None
     assert zoo_markdown() in (ROOT / "docs" / "model-zoo.md").read_text()  # the docs show the table the code uses
+
+
+def test_push_to_hub_uploads_the_save_pretrained_folder(tmp_path, monkeypatch, no_network):
+    """push_to_hub creates the repo and uploads exactly what save_pretrained writes (the client is recorded here,
+    the test never reaches the Hub)."""
+    import huggingface_hub
+
+    calls = {}
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            calls["create"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            calls["card"] = json.loads((Path(folder_path) / "config.json").read_text())["birefnet_preprocessing"]
+            return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    net = U2Net("u2netp")
+    url = net.push_to_hub("someone/u2netp", private=True)
+    assert calls["create"] == ("someone/u2netp", True, True)
+    assert calls["files"] == ["config.json", "model.safetensors"] and calls["card"]["input_size"] == [320, 320]
+    assert url.endswith("someone/u2netp/commit/0")

@@ -60,7 +60,8 @@ def deform_conv2d_grid_sample(
 
     Same function as ``torchvision.ops.deform_conv2d`` (bilinear sampling, zeros outside the map, offsets laid
     out as ``(tap, [dy, dx])``): all ``k*k`` taps are sampled in one ``grid_sample`` call, weighted by the
-    modulation mask and contracted with the kernel in one matrix product. On CPU this is about 1.6x faster
+    modulation mask and contracted with the kernel in one matrix product on the ``(c * k * k, h * w)`` view of
+    the samples (no transposed copy). On CPU this is about 1.6x faster
     than torchvision's kernel for forward + backward (docs/benchmarks.md).
     """
     b, c, h, w = x.shape
@@ -77,8 +78,11 @@ def deform_conv2d_grid_sample(
     # normalised coordinates for align_corners=True: pixel centres at -1 .. 1
     grid = torch.stack([px * (2.0 / max(w - 1, 1)) - 1.0, py * (2.0 / max(h - 1, 1)) - 1.0], dim=-1)
     samples = F.grid_sample(x, grid.view(b, taps * h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=True)
-    samples = samples.view(b, c, taps, h, w) * mask.view(b, 1, taps, h, w)
-    out = torch.einsum("bckhw,ock->bohw", samples, weight.reshape(o, c, taps))
+    samples = samples.view(b, c, taps, h * w)  # (c, tap) rows are contiguous: the contraction needs no copy
+    modulation = mask.reshape(b, 1, taps, h * w)
+    # in place when no gradient is recorded: one full-size tensor less at inference
+    samples = samples * modulation if samples.requires_grad else samples.mul_(modulation)
+    out = torch.matmul(weight.reshape(o, c * taps), samples.view(b, c * taps, h * w)).view(b, o, h, w)
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
