@@ -21,7 +21,6 @@ from birefnet.models.state_dict import (
     load_state_dict_strict,
     read_checkpoint,
 )
-from birefnet.preprocessing import normalize
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +103,6 @@ class DISLitModule(L.LightningModule):
     def _set_names(self, stage: str) -> list[str]:
         dm = self.trainer.datamodule
         return list(dm.val_sets if stage == "val" else dm.test_sets)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if getattr(dm, "normalize_on_device", False) and isinstance(batch, dict) and "image" in batch:
-            batch["image"] = normalize(batch["image"], dm.normalization)
-        return batch
 
     # -- training ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor):

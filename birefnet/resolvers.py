@@ -56,6 +56,16 @@ def loss_preset(task: str) -> dict[str, float]:
     return dict(LOSS_PRESETS[task])
 
 
+def monitor_mode(metric: str) -> str:
+    """``"max"`` or ``"min"`` for a metric of the registry (``${monitor_mode:${model.monitor}}``), so choosing the
+    monitored metric also chooses the direction."""
+    from birefnet.metrics.registry import METRICS
+
+    if metric not in METRICS:
+        raise ConfigError(f"model.monitor={metric!r} is not a metric; choose one of {', '.join(METRICS)}.")
+    return "max" if METRICS[metric].higher_is_better else "min"
+
+
 def run_id() -> str:
     """A token fixed for this process (process id + random bits): run folders started in the same second differ."""
     return _RUN_ID
@@ -68,3 +78,4 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("epoch_milestones", epoch_milestones, replace=True)
     OmegaConf.register_new_resolver("run_id", run_id, replace=True)
     OmegaConf.register_new_resolver("loss_preset", loss_preset, replace=True)
+    OmegaConf.register_new_resolver("monitor_mode", monitor_mode, replace=True)

@@ -140,3 +140,10 @@ def test_candidates_are_evaluated_and_the_best_chosen_per_criterion_with_group_r
         assert selection["best"][criterion]["method"] == best
         assert selection["best"][criterion]["checkpoint"].endswith(f"{best}.safetensors")
     assert "AB" in (tmp_path / "out" / "results.md").read_text() and (tmp_path / "out" / "selection.md").is_file()
+
+
+@pytest.mark.parametrize(("monitor", "mode"), [("Sm", "max"), ("MAE", "min"), ("HCE", "min")])
+def test_model_monitor_chooses_the_checkpoint_metric_and_its_direction(monitor, mode, tmp_path):
+    cfg = compose_config("train", tmp_path, [f"model.monitor={monitor}"])
+    callback = instantiate(cfg.callbacks.model_checkpoint)
+    assert callback.monitor == f"val/{monitor}" and callback.mode == mode

@@ -16,7 +16,7 @@ from birefnet.data.dataset import DatasetValidationError, DISDataset, parse_sets
 from birefnet.data.io import set_max_image_pixels
 from birefnet.data.transforms import REFERENCE_AUGMENTATIONS, eval_transform, train_transform
 from birefnet.errors import ConfigError
-from birefnet.preprocessing import INTERPOLATIONS, NORMALIZATIONS
+from birefnet.preprocessing import INTERPOLATIONS, NORMALIZATIONS, normalize
 
 __all__ = ["DISDataModule", "DynamicSizeCollate", "eval_collate"]
 
@@ -81,7 +81,7 @@ class DISDataModule(L.LightningDataModule):
             ["DIS-TE1", ..., "DIS-TE4"]}``, the paper's DIS-TEs row).
         crop_size: random training crop after the resize (U2-Net: 288 from 320), or ``None``.
         cache_dir: keep training images resized to ``size`` here (lossless PNG) for the following epochs.
-        normalize_on_device: loaders yield uint8 images; the LightningModule normalises them on the device.
+        normalize_on_device: loaders yield uint8 images, normalised on the device (``on_after_batch_transfer``).
         skip_invalid: skip broken files with a warning instead of stopping.
         fast_decode: decode large JPEGs at reduced size when still >= the training size.
         num_workers / pin_memory: loader settings.
@@ -215,6 +215,12 @@ class DISDataModule(L.LightningDataModule):
                 "Fix or remove these files, or set data.skip_invalid=true to leave the broken ones out.",
                 problems,
             )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``normalize_on_device`` the loaders ship uint8 images; they are normalised here, on the device."""
+        if self.normalize_on_device and isinstance(batch, dict) and "image" in batch:
+            batch["image"] = normalize(batch["image"], self.normalization)
+        return batch
 
     def _all_but_evaluation_sets(self) -> list[str]:
         root = Path(self.root)

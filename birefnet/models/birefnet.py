@@ -96,6 +96,7 @@ class BiRefNetDecoder(nn.Module):
         self,
         channels: Sequence[int],
         reductions: Sequence[int],
+        *,
         decoder_block: str = "BasicDecBlk",
         attention: str = "ASPPDeformable",
         deform_kernel_sizes: Sequence[int] = (1, 3, 7),
@@ -134,7 +135,14 @@ class BiRefNetDecoder(nn.Module):
 
         def block(in_ch: int, out_ch: int) -> nn.Module:
             inter = in_ch // 4 if decoder_channels == "adap" else 64
-            return DECODER_BLOCKS[decoder_block](in_ch, out_ch, inter, attention, norm_layer, deform_kernel_sizes)
+            return DECODER_BLOCKS[decoder_block](
+                in_ch,
+                out_ch,
+                inter_channels=inter,
+                attention=attention,
+                norm_layer=norm_layer,
+                deform_kernel_sizes=deform_kernel_sizes,
+            )
 
         self.decoder_block4 = block(c[0] + extra(5), c[1])
         self.decoder_block3 = block(c[1] + extra(4), c[2])
@@ -315,19 +323,19 @@ class BiRefNet(PretrainedMixin, nn.Module):
             squeeze_block, channels[0] + context, channels[0], norm_layer, decoder_attention, deform_kernel_sizes
         )
         self.decoder = BiRefNetDecoder(
-            channels,
-            self.bb.reductions,
-            decoder_block,
-            decoder_attention,
-            deform_kernel_sizes,
-            image_patches,
-            split_patches,
-            patch_order,
-            ms_supervision,
-            out_ref,
-            decoder_channels,
-            layout,
-            norm_layer,
+            channels=channels,
+            reductions=self.bb.reductions,
+            decoder_block=decoder_block,
+            attention=decoder_attention,
+            deform_kernel_sizes=deform_kernel_sizes,
+            image_patches=image_patches,
+            split_patches=split_patches,
+            patch_order=patch_order,
+            ms_supervision=ms_supervision,
+            out_ref=out_ref,
+            decoder_channels=decoder_channels,
+            layout=layout,
+            norm_layer=norm_layer,
             fused_head=fused_head,
         )
         set_deform_impl(self, deform_impl)
@@ -349,11 +357,20 @@ class BiRefNet(PretrainedMixin, nn.Module):
         for i in range(count):
             c_in = in_ch if i == 0 else out_ch  # the reference reused in_ch for every copy, which only works for N=1
             if name in DECODER_BLOCKS:
-                blocks.append(DECODER_BLOCKS[name](c_in, out_ch, 64, attention, norm_layer, deform_kernel_sizes))
+                blocks.append(
+                    DECODER_BLOCKS[name](
+                        c_in,
+                        out_ch,
+                        inter_channels=64,
+                        attention=attention,
+                        norm_layer=norm_layer,
+                        deform_kernel_sizes=deform_kernel_sizes,
+                    )
+                )
             elif name == "ASPP":
                 blocks.append(ASPP(c_in, out_ch, norm_layer=norm_layer))
             elif name == "ASPPDeformable":
-                blocks.append(ASPPDeformable(c_in, out_ch, deform_kernel_sizes, norm_layer=norm_layer))
+                blocks.append(ASPPDeformable(c_in, out_ch, kernel_sizes=deform_kernel_sizes, norm_layer=norm_layer))
             else:
                 raise ValueError(f"Unknown squeeze block {spec!r}; e.g. 'BasicDecBlk_x1', 'ResBlk_x4', 'ASPP_x3', ''.")
         return nn.Sequential(*blocks)

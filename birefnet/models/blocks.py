@@ -244,13 +244,14 @@ def build_attention(
 class BasicDecBlk(nn.Module):
     """conv3x3 -> norm -> ReLU -> [attention] -> conv3x3 -> norm, with no activation at the end.
 
-    Shape: ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
+    Shape: ``(B, in_channels, H, W) -> (B, out_channels, H, W)``. The options are keyword-only.
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
+        *,
         inter_channels: int = 64,
         attention: str = "ASPPDeformable",
         norm_layer: NormLayer = nn.BatchNorm2d,
