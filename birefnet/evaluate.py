@@ -198,7 +198,7 @@ class _EvalModule(DISLitModule):
     def test_step(self, batch: Mapping, batch_idx: int, dataloader_idx: int = 0) -> None:
         probs = self._eval_step(batch, dataloader_idx, "test")
         if self.prediction_dir:
-            set_name = self._set_names("test")[dataloader_idx]
+            set_name = batch["set"][0]
             out = Path(self.prediction_dir) / set_name
             out.mkdir(parents=True, exist_ok=True)
             for p, m, name in zip(probs, batch["mask_full"], batch["name"], strict=True):

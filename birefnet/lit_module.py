@@ -79,7 +79,6 @@ class DISLitModule(L.LightningModule):
         self.val_metrics = nn.ModuleDict()
         self.test_metrics = nn.ModuleDict()
         self._step_start = 0.0
-        self._seen: dict = {}  # samples evaluated per (stage, loader) on this rank, to drop DDP padding
         # the last computed test results per set (metrics, curves, worst images), for evaluate()
         self.final_test_results: dict = {}
         self.final_test_curves: dict = {}
@@ -146,30 +145,13 @@ class DISLitModule(L.LightningModule):
         out = self.net(self._input(batch[self.hparams.input_key]))
         probs = torch.sigmoid(out.logits.float())
         store = self.val_metrics if stage == "val" else self.test_metrics
-        name = self._set_names(stage)[dataloader_idx]
-        keep = self._unpadded(len(probs), dataloader_idx, stage)
-        full = [resize(p[None], m.shape[-2:])[0] for p, m in zip(probs[:keep], batch["mask_full"][:keep], strict=True)]
-        store[name].update(full, batch["mask_full"][:keep], names=batch["name"][:keep])
+        # every evaluation batch comes from one set; the DataModule's sampler never pads under DDP
+        full = [resize(p[None], m.shape[-2:])[0] for p, m in zip(probs, batch["mask_full"], strict=True)]
+        store[batch["set"][0]].update(full, batch["mask_full"], names=batch["name"])
         if stage == "val" and dataloader_idx == 0 and self.hparams.log_images and not getattr(self, "_logged", True):
             self._log_predictions(batch, probs)
             self._logged = True
         return probs
-
-    def _unpadded(self, batch_size: int, dataloader_idx: int, stage: str) -> int:
-        """How many samples of this batch are real: DDP's sampler pads the last ranks with repeated samples.
-
-        With W processes the evaluation sampler gives rank r the positions r, r + W, ... of a list padded to a
-        multiple of W at its end, so rank r owns ceil((N - r) / W) real samples and the rest are repeats.
-        """
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if world <= 1:
-            return batch_size
-        dm = self.trainer.datamodule
-        n = len((dm.val_datasets if stage == "val" else dm.test_datasets)[dataloader_idx])
-        own = max(0, -(-(n - self.global_rank) // world))
-        seen = self._seen.get((stage, dataloader_idx), 0)
-        self._seen[(stage, dataloader_idx)] = seen + batch_size
-        return max(0, min(batch_size, own - seen))
 
     def validation_step(self, batch: Mapping, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx, "val")
@@ -179,10 +161,6 @@ class DISLitModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._logged = False
-        self._seen = {}
-
-    def on_test_epoch_start(self) -> None:
-        self._seen = {}
 
     def _log_epoch_metrics(self, stage: str) -> None:
         store = self.val_metrics if stage == "val" else self.test_metrics

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from birefnet.data.dataset import DatasetValidationError, DISDataset, parse_sets, problem_listing
 from birefnet.data.io import set_max_image_pixels
@@ -18,9 +18,26 @@ from birefnet.data.transforms import REFERENCE_AUGMENTATIONS, eval_transform, tr
 from birefnet.errors import ConfigError
 from birefnet.preprocessing import INTERPOLATIONS, NORMALIZATIONS, normalize
 
-__all__ = ["DISDataModule", "DynamicSizeCollate", "eval_collate"]
+__all__ = ["DISDataModule", "DynamicSizeCollate", "UnpaddedDistributedSampler", "eval_collate"]
 
 log = logging.getLogger(__name__)
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Evaluation sharding without padding: rank ``r`` of ``W`` gets samples ``r, r + W, ...`` and nothing more,
+    so no image is scored twice (``DistributedSampler`` repeats samples to give every rank the same count).
+    Lightning keeps a ``DistributedSampler`` the loader already has."""
+
+    def __init__(self, dataset) -> None:
+        super().__init__(dataset, shuffle=False, drop_last=False)
+        self.num_samples = len(range(self.rank, len(dataset), self.num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 def eval_collate(items: list[dict]) -> dict:
@@ -235,10 +252,13 @@ class DISDataModule(L.LightningDataModule):
 
     def _loader(self, ds: DISDataset, batch_size: int, train: bool) -> DataLoader:
         collate = DynamicSizeCollate(*self.dynamic_size) if train and self.dynamic_size else eval_collate
+        dist = torch.distributed
+        sharded = not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         return DataLoader(
             ds,
             batch_size=batch_size,
             shuffle=train,
+            sampler=UnpaddedDistributedSampler(ds) if sharded else None,
             drop_last=train and len(ds) > batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
