@@ -112,9 +112,11 @@ def bench_model(
     grad_checkpointing: bool = False,
     deform_impl: str = "auto",
     backend: str = "torch",
+    profile: bool = False,
 ) -> list[dict]:
     """Time the training step and/or inference of one configuration; returns table rows.
 
+    ``profile=True`` prints ``torch.profiler``'s operator table of one more inference (torch backend).
     ``backend="onnxruntime"`` times inference of the exported graph (fp32, fixed size) in onnxruntime's CPU
     provider with as many threads as torch uses. ``peak RSS GB`` is the process's peak resident memory so far:
     run one configuration per command to read it per backend.
@@ -204,6 +206,10 @@ def bench_model(
                 runner(x)
 
         rows.append(row("infer", infer, 1))
+        if profile:
+            with torch.profiler.profile() as prof:
+                infer()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return rows
 
 
@@ -448,6 +454,13 @@ def bench_metric_parts(images: int = 20, size: int = 1024) -> list[dict]:
         "HCE (incl. skeleton)": lambda q, g, p: F.hce(q >= np.searchsorted(p, 0.5, side="right"), g),
         "mBA": lambda q, g, p: F.mba(q, g),
         "BIoU curve": lambda q, g, p: F.boundary_iou_curve(q, g),
+        # the float path: quantising probabilities, and the whole suite on them against the same uint8 map
+        "quantise float32 probabilities (kernel)": lambda q, g, p, f: K.quantise_probabilities(f),
+        "quantise float32 probabilities (numpy float64)": lambda q, g, p, f: np.floor(
+            np.clip(f.astype(np.float64), 0, 1) * 255
+        ).astype(np.uint8),
+        "image_scores, uint8 map": lambda q, g, p: F.image_scores(q, g),
+        "image_scores, float32 probabilities": lambda q, g, p, f: F.image_scores(f, g),
     }
     try:
         from scipy.ndimage import distance_transform_edt
@@ -464,11 +477,13 @@ def bench_metric_parts(images: int = 20, size: int = 1024) -> list[dict]:
         loaded = []
         for pred_path, gt_path in _synthetic_pairs(Path(tmp), images, size):
             q, g = cv2.imread(str(pred_path), 0), cv2.imread(str(gt_path), 0) > 128
-            loaded.append((q, g, F._levels(int(q.min()), int(q.max()))))
-    return [
-        {"stage": name, "ms / image": statistics.median(best_of_3(lambda a=a, fn=fn: fn(*a)) for a in loaded)}
-        for name, fn in stages.items()
-    ]
+            loaded.append((q, g, F._levels(int(q.min()), int(q.max())), q.astype(np.float32) / 255.0))
+
+    def timed(fn) -> float:
+        arity = fn.__code__.co_argcount  # the float-path stages also take the probabilities
+        return statistics.median(best_of_3(lambda a=a: fn(*a[:arity])) for a in loaded)
+
+    return [{"stage": name, "ms / image": timed(fn)} for name, fn in stages.items()]
 
 
 # -- data ----------------------------------------------------------------------------------------------------
@@ -553,6 +568,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--grad-checkpointing", action="store_true")
     m.add_argument("--deform-impl", default="auto", choices=["auto", "torchvision", "grid_sample"])
     m.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="inference runtime")
+    m.add_argument("--profile", action="store_true", help="print the operator profile of one inference")
     mt = sub.add_parser("metrics", help="metric suite vs PySODMetrics")
     mt.set_defaults(run=bench_metrics)
     mt.add_argument("--images", type=int, default=20)

@@ -205,32 +205,19 @@ class _EvalModule(DISLitModule):
                 write_png(out / f"{name}.png", full_size_uint8(p, m.shape[-2:]).cpu().numpy())
 
 
-def checkpoint_preprocessing(net: torch.nn.Module, size=None, preprocessing: str | None = None):
-    """The card to evaluate ``net`` with, and why: its own card, with an explicit ``size`` (``[h, w]``, an int or
-    ``"original"``) or normalisation (``preprocessing``) winning over it."""
-    card, changes = model_card(net), {}
-    if size is not None and size != "original":
-        size = [int(size), int(size)] if isinstance(size, (int, str)) else [int(v) for v in size]
-    if size is not None:
-        changes["input_size"] = None if size == "original" else tuple(size)
-    if preprocessing not in (None, "", "auto"):
-        changes["normalization"] = preprocessing
-    try:
-        chosen = card.replace(**changes)
-    except ValueError as err:
-        raise ConfigError(f"size / preprocessing: {err}") from None
-    why = f"size={size}" if "input_size" in changes else ""
-    if "normalization" in changes:
-        why += f"{', ' if why else ''}preprocessing={preprocessing}"
-    return chosen, f"the model's card with {why}" if why else "the model's card"
-
-
 def evaluate_checkpoint(cfg: DictConfig, method: str, checkpoint: str | None = None) -> tuple[dict, dict, dict]:
     """Run a checkpoint (``cfg.checkpoint`` unless given) over ``cfg.data.test_sets`` with the Lightning trainer
     from ``cfg.trainer``, preprocessed as its card says (``size`` / ``preprocessing`` override it)."""
     checkpoint = checkpoint or cfg.checkpoint
     net = load_model(checkpoint)
-    card, why = checkpoint_preprocessing(net, cfg.get("size"), cfg.get("preprocessing"))
+    normalization = cfg.get("preprocessing")
+    try:
+        card, asked = model_card(net).override(
+            {"normalization": normalization} if normalization else None, cfg.get("size")
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"size / preprocessing: {err}") from None
+    why = f"the model's card with {asked}" if asked else "the model's card"
     log.info("Evaluating %s (%s) with %s (%s).", checkpoint, type(net).__name__, card.describe(), why)
     overrides: dict = {"normalization": card.normalization, "interpolation": card.interpolation}
     if card.input_size is None:
@@ -271,7 +258,7 @@ def _prediction_folders(predictions) -> dict[str, str]:
 def _candidates(spec) -> list[str]:
     """Checkpoint paths of ``candidates``: a glob (``run/checkpoints/epoch_*.ckpt``) or a list of paths/globs."""
     patterns = [spec] if isinstance(spec, str) else list(spec)
-    paths = sorted({p for pattern in patterns for p in (glob.glob(str(pattern)) or [])})
+    paths = sorted({p for pattern in patterns for p in glob.glob(str(pattern))})
     if not paths:
         raise ConfigError(
             f"candidates={spec!r} matches no checkpoint; give the candidates of a run, e.g. "

@@ -21,7 +21,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from birefnet.atomic import remove_partials
 from birefnet.data.io import (
@@ -35,6 +34,7 @@ from birefnet.data.io import (
 )
 from birefnet.errors import UserError, exit_on_user_error
 from birefnet.models import load_model
+from birefnet.models.blocks import resize
 from birefnet.models.checkpoint import model_card
 from birefnet.preprocessing import NORMALIZATIONS, PreprocessingCard, normalize
 
@@ -199,16 +199,8 @@ class Predictor:
             raise ValueError("Predictor needs a checkpoint (file, folder or Hub repo) or a model.")
         self.model = (model if model is not None else load_model(checkpoint)).to(self.device).eval()
         self.runner = torch.compile(self.model, **compile) if compile is not None else self.model
-        card, why = model_card(self.model), "the model's card"
-        if isinstance(preprocessing, PreprocessingCard):
-            card, why = preprocessing, "given"
-        elif preprocessing:
-            card, why = card.replace(**preprocessing), f"the model's card with {preprocessing}"
-        if size is not None:
-            card = card.replace(input_size=None if size == "original" else tuple(size))
-            why += f" with size {size}"
-        self.card = card
-        log.info("Predicting with %s (%s).", card.describe(), why)
+        self.card, asked = model_card(self.model).override(preprocessing, size)
+        log.info("Predicting with %s (the model's card%s).", self.card.describe(), f" with {asked}" if asked else "")
         self.precision = precision
         self.dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
@@ -231,8 +223,7 @@ class Predictor:
             probs = torch.sigmoid(logits.float())
             for j, i in enumerate(idx):
                 h, w = images[i].shape[:2]
-                full = F.interpolate(probs[j : j + 1], size=(h, w), mode="bilinear", align_corners=True)
-                out[i] = full[0, 0].clamp(0, 1).cpu().numpy()
+                out[i] = resize(probs[j : j + 1], (h, w))[0, 0].clamp(0, 1).cpu().numpy()
         return out
 
     def run(

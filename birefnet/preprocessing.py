@@ -123,6 +123,26 @@ class PreprocessingCard:
         """A copy with ``changes`` applied (and checked)."""
         return dataclasses.replace(self, **changes)
 
+    def override(
+        self, requested: PreprocessingCard | Mapping | None = None, size=None
+    ) -> tuple[PreprocessingCard, str]:
+        """This card with what a caller asks for, and a phrase saying what was asked (``""``: nothing).
+
+        ``requested``: a whole card that replaces this one, or the fields to change (``{"normalization": "isnet"}``).
+        ``size``: the inference size, ``[height, width]``, one number for a square, or ``"original"``.
+        """
+        card, asked = self, []
+        if isinstance(requested, PreprocessingCard):
+            card, asked = requested, ["a given card"]
+        elif requested:
+            card, asked = card.replace(**dict(requested)), [", ".join(f"{k}={v}" for k, v in dict(requested).items())]
+        if size is not None:
+            if size != "original":
+                size = (int(size), int(size)) if isinstance(size, (int, str)) else tuple(int(v) for v in size)
+            card = card.replace(input_size=None if size == "original" else size)
+            asked.append(f"size={size}")
+        return card, ", ".join(asked)
+
     @property
     def cv2_interpolation(self) -> int:
         return INTERPOLATIONS[self.interpolation]

@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 
 from birefnet.atomic import atomic_path, atomic_write_text
 from birefnet.metrics.registry import METRICS, format_value, ordered
+from birefnet.models.blocks import resize
 
 __all__ = [
     "add_group_means",
@@ -35,8 +35,7 @@ Results = Mapping[str, Mapping[str, Mapping[str, float]]]  # {set: {method: {met
 def full_size_uint8(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """A ``(1, h, w)`` / ``(h, w)`` probability map resized (bilinear, corners aligned, as the reference) to ``size``
     and quantised as the reference saves it (``mul(255).byte()`` after clamping): ``(H, W)`` uint8."""
-    p = prob.reshape(1, 1, *prob.shape[-2:]).float()
-    full = F.interpolate(p, size=tuple(size), mode="bilinear", align_corners=True)[0, 0]
+    full = resize(prob.reshape(1, 1, *prob.shape[-2:]).float(), tuple(size))[0, 0]
     return (full.clamp(0, 1) * 255).byte()
 
 

@@ -308,14 +308,11 @@ def _choose_card(
             card, why = entry.card, f"model zoo entry {entry.name}"
         else:
             card, why = family_card(family), f"{family} default; the file stores none"
-    if requested is None:
-        return card, why
-    if isinstance(requested, PreprocessingCard):
-        return requested, "as requested"
     try:
-        return card.replace(**dict(requested)), f"as requested, over the {why}"
+        chosen, asked = card.override(requested)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"preprocessing={requested!r}: {err}") from None
+    return chosen, f"{asked} as requested, over the {why}" if asked else why
 
 
 def _patch_order(config: dict, stored: dict, overrides: dict, source: str) -> str:
