@@ -287,23 +287,17 @@ class DISLoss(SegmentationLoss):
 class MultiBCELoss(SegmentationLoss):
     """U2-Net / IS-Net loss: sum of mean BCEs over the final and every side map (all at input size).
 
-    With ``gt_encoder_checkpoint`` (IS-Net's intermediate supervision) a frozen, pre-trained
-    :class:`~birefnet.models.ISNetGTEncoder` encodes the mask, and ``feature_weight`` times the sum of MSEs between
-    its features and the network's decoder features (``output.features``) is added.
+    With ``gt_encoder`` (IS-Net's intermediate supervision, a pre-trained
+    :class:`~birefnet.models.ISNetGTEncoder` or any module whose output has ``features``), ``feature_weight``
+    times the sum of MSEs between the encoder's features of the mask and the network's decoder features
+    (``output.features``) is added. The encoder is frozen here: no gradients, BatchNorm statistics fixed. The
+    config builds it from its checkpoint (``configs/model/isnet_fs.yaml``).
     """
 
-    def __init__(self, feature_weight: float = 1.0, gt_encoder_checkpoint: str | None = None) -> None:
+    def __init__(self, feature_weight: float = 1.0, gt_encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.feature_weight = feature_weight
-        self.gt_encoder = None
-        if gt_encoder_checkpoint:
-            from birefnet.models import ISNetGTEncoder
-            from birefnet.models.state_dict import load_state_dict_strict, read_checkpoint
-
-            encoder = ISNetGTEncoder()
-            sd = read_checkpoint(gt_encoder_checkpoint).state_dict
-            load_state_dict_strict(encoder, sd, gt_encoder_checkpoint, looks_like="ISNetGTEncoder")
-            self.gt_encoder = encoder.eval().requires_grad_(False)
+        self.gt_encoder = gt_encoder.eval().requires_grad_(False) if gt_encoder is not None else None
 
     @property
     def base_weights(self) -> dict[str, float]:

@@ -92,7 +92,9 @@ def test_isnet_feature_supervision_uses_a_frozen_gt_encoder(tmp_path):
     torch.manual_seed(0)
     encoder = ISNetGTEncoder()
     save_model(encoder, tmp_path / "gt_encoder.safetensors")
-    loss_fn = MultiBCELoss(feature_weight=1.0, gt_encoder_checkpoint=str(tmp_path / "gt_encoder.safetensors")).train()
+    loss_fn = MultiBCELoss(
+        feature_weight=1.0, gt_encoder=ISNetGTEncoder.from_checkpoint(tmp_path / "gt_encoder.safetensors")
+    ).train()
     assert not loss_fn.gt_encoder.training and not any(p.requires_grad for p in loss_fn.gt_encoder.parameters())
     images, masks = _real_batch(n=2)
     total, parts = loss_fn(ISNet().train()(images), masks)
@@ -127,3 +129,22 @@ def test_evaluate_official_u2netp_file_with_its_preprocessing(tmp_path, caplog):
     values = results["ECSSD-TE"]["u2netp"]
     assert 0 <= values["MAE"] <= 1 and 0 <= values["Sm"] <= 1
     assert "(U2Net) with 320x320 (HxW), u2net normalisation" in caplog.text
+
+
+def test_isnet_fs_config_injects_the_trained_gt_encoder(tmp_path):
+    from omegaconf.errors import MissingMandatoryValue
+
+    from birefnet.train import build_data_and_model
+
+    torch.manual_seed(0)
+    encoder = ISNetGTEncoder()
+    save_model(encoder, tmp_path / "gt_encoder.safetensors")
+    path = tmp_path / "gt_encoder.safetensors"
+    cfg = compose_config("train", tmp_path, ["model=isnet_fs", f"model.loss.gt_encoder.name_or_path={path}"])
+    _, module = build_data_and_model(cfg)
+    injected = module.loss_fn.gt_encoder
+    assert isinstance(injected, ISNetGTEncoder) and not any(p.requires_grad for p in injected.parameters())
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(injected.state_dict()[key], value), key
+    with pytest.raises(MissingMandatoryValue, match="name_or_path"):
+        build_data_and_model(compose_config("train", tmp_path / "missing", ["model=isnet_fs"]))
