@@ -38,6 +38,7 @@ from birefnet.data.io import ImageReadError, read_mask, write_png
 from birefnet.errors import ConfigError, UserError
 from birefnet.lit_module import DISLitModule
 from birefnet.metrics import DISMetrics
+from birefnet.metrics.allocator import keep_scratch_memory
 from birefnet.metrics.dis import score_image
 from birefnet.metrics.kernels import compile_kernels
 from birefnet.models import load_model
@@ -86,7 +87,7 @@ def _score_pair(job: tuple[str, str, str, str]):
     Returns ``(name, scores, resized, problem)``; an unreadable file is a problem string, not an exception, so
     the caller can list every bad file of a set in one message.
     """
-    name, pred_path, gt_path, hce_convention = job
+    name, pred_path, gt_path, hce_convention, matting_errors = job
     try:
         gt = read_mask(gt_path)
         pred = read_mask(pred_path)
@@ -95,7 +96,7 @@ def _score_pair(job: tuple[str, str, str, str]):
     resized = pred.shape != gt.shape
     if resized:
         pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return name, score_image(pred, gt, hce_convention=hce_convention), resized, None
+    return name, score_image(pred, gt, hce_convention=hce_convention, with_matting=matting_errors), resized, None
 
 
 def evaluate_prediction_folders(
@@ -105,8 +106,10 @@ def evaluate_prediction_folders(
     worst_cases: int = 10,
     workers: int | None = None,
     hce_convention: str = "pysodmetrics",
+    matting_errors: bool = False,
 ) -> tuple[dict, dict, dict]:
-    """Metrics of prediction folders ``{method: DIR}`` with ``DIR/<set>/<stem>.png`` against the masks.
+    """Metrics of prediction folders ``{method: DIR}`` with ``DIR/<set>/<stem>.png`` against the masks
+    (``matting_errors``: also SAD, Grad and Conn against the soft masks).
 
     Images are scored in ``workers`` processes (default: all cores) with a progress bar.
     """
@@ -117,7 +120,8 @@ def evaluate_prediction_folders(
     workers = workers or os.cpu_count() or 1
     results, curves, worst = {}, {}, {}
     compile_kernels()  # once here, so the workers load them from the cache
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    keep_scratch_memory()
+    pool = ProcessPoolExecutor(workers, initializer=keep_scratch_memory) if workers > 1 else None
     try:
         for set_name in sets:
             samples, problems = find_pairs(data_root, set_name, check_files=False)
@@ -141,8 +145,11 @@ def evaluate_prediction_folders(
                         f"(e.g. {', '.join(m + '.png' for m in missing[:5])}). Predict every image of {set_name} "
                         "first."
                     )
-                metric = DISMetrics(keep_per_image=True, hce_convention=hce_convention)
-                jobs = [(s.name, str(pred_dir / f"{s.name}.png"), str(s.mask), hce_convention) for s in samples]
+                metric = DISMetrics(keep_per_image=True, hce_convention=hce_convention, with_matting=matting_errors)
+                jobs = [
+                    (s.name, str(pred_dir / f"{s.name}.png"), str(s.mask), hce_convention, matting_errors)
+                    for s in samples
+                ]
                 scored = pool.map(_score_pair, jobs, chunksize=4) if pool else map(_score_pair, jobs)
                 resized, unreadable = 0, []
                 with Progress(transient=True) as progress:
@@ -186,8 +193,15 @@ class _EvalModule(DISLitModule):
         prediction_dir: str | None = None,
         worst_cases: int = 10,
         hce_convention: str = "pysodmetrics",
+        matting_errors: bool = False,
     ) -> None:
-        super().__init__(net, log_images=0, worst_cases=worst_cases, hce_convention=hce_convention)
+        super().__init__(
+            net,
+            log_images=0,
+            worst_cases=worst_cases,
+            hce_convention=hce_convention,
+            matting_errors=matting_errors,
+        )
         self.prediction_dir = prediction_dir
 
     def setup(self, stage: str) -> None:
@@ -203,6 +217,12 @@ class _EvalModule(DISLitModule):
             out.mkdir(parents=True, exist_ok=True)
             for p, m, name in zip(probs, batch["mask_full"], batch["name"], strict=True):
                 write_png(out / f"{name}.png", full_size_uint8(p, m.shape[-2:]).cpu().numpy())
+
+
+def matting_errors(cfg: DictConfig) -> bool:
+    """``cfg.matting_errors``, or when that is null, whether the data is a Matting task (soft alpha masks)."""
+    asked = cfg.get("matting_errors")
+    return bool(asked) if asked is not None else cfg.data.get("task") == "Matting"
 
 
 def evaluate_checkpoint(cfg: DictConfig, method: str, checkpoint: str | None = None) -> tuple[dict, dict, dict]:
@@ -226,7 +246,9 @@ def evaluate_checkpoint(cfg: DictConfig, method: str, checkpoint: str | None = N
         overrides["eval_size"] = list(card.input_size)
     datamodule: L.LightningDataModule = instantiate(cfg.data, **overrides)
     pred_dir = str(Path(cfg.paths.output_dir) / "predictions" / method) if cfg.get("save_predictions") else None
-    module = _EvalModule(net, pred_dir, cfg.get("worst_cases", 10), cfg.get("hce_convention", "pysodmetrics"))
+    module = _EvalModule(
+        net, pred_dir, cfg.get("worst_cases", 10), cfg.get("hce_convention", "pysodmetrics"), matting_errors(cfg)
+    )
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     trainer.test(module, datamodule=datamodule)
     results, curves, worst = {}, {}, {}
@@ -301,6 +323,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 cfg.get("worst_cases", 10),
                 cfg.get("workers"),
                 cfg.get("hce_convention", "pysodmetrics"),
+                matting_errors(cfg),
             )
         )
     measured_sets = list(results)

@@ -48,6 +48,8 @@ class DISLitModule(L.LightningModule):
         worst_cases: how many images with the highest MAE the test results list per set.
         hce_convention: how HCE binarises predictions, ``"pysodmetrics"`` or ``"reference"`` (see
             :func:`birefnet.metrics.functional.image_scores`).
+        matting_errors: also compute SAD, Grad and Conn on the soft ground truth (:mod:`birefnet.metrics.matting`);
+            the Matting recipe turns them on.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class DISLitModule(L.LightningModule):
         channels_last: bool = False,
         worst_cases: int = 10,
         hce_convention: str = "pysodmetrics",
+        matting_errors: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
@@ -97,7 +100,9 @@ class DISLitModule(L.LightningModule):
         ):
             for name in names:
                 if name not in store:
-                    store[name] = DISMetrics(hce_convention=self.hparams.hce_convention)
+                    store[name] = DISMetrics(
+                        hce_convention=self.hparams.hce_convention, with_matting=self.hparams.matting_errors
+                    )
 
     def _set_names(self, stage: str) -> list[str]:
         dm = self.trainer.datamodule

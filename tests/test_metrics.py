@@ -300,3 +300,53 @@ def test_mse_and_both_hce_conventions_follow_their_definitions():
     assert result["HCE"] == reference.hce and result["MSE"].item() == pytest.approx(pysod.mse)
     with pytest.raises(ValueError, match="hce_convention"):
         DISMetrics(hce_convention="skimage")
+
+
+def test_matting_errors_on_hand_computed_cases():
+    import math
+
+    from birefnet.metrics.matting import connectivity_error, gradient_error, sad
+
+    pred = np.array([[0.0, 0.5], [1.0, 1.0]])
+    alpha = np.array([[0.0, 1.0], [0.25, 1.0]])
+    assert sad(pred, alpha) == pytest.approx((0.5 + 0.75) / 1000)
+
+    # Conn: alpha all 1; the 0.5 pixel leaves the largest component at t=0.6 (level 0.5) and cuts off the last
+    # pixel with it, the first two stay connected (level 1). phi_pred = [1, 1, 1, 0.5], phi_alpha = [1, 1, 0.5, 0.5]
+    assert connectivity_error(np.array([[1.0, 1.0, 0.5, 1.0]]), np.ones((1, 4))) == pytest.approx(0.5 / 1000)
+    assert connectivity_error(alpha, alpha) == 0.0
+
+    # Grad: each derivative kernel has unit L2 norm, so one isolated pixel of value v far from the borders (alpha
+    # flat) has sum |grad|^2 = v^2 (1 + 1); two pixels far apart add up; a constant offset changes no gradient
+    sigma = 1.4
+    half = math.ceil(sigma * math.sqrt(-2 * math.log(math.sqrt(2 * math.pi) * sigma * 0.01)))
+    assert half == 4
+    flat = np.zeros((41, 61))
+    impulse = flat.copy()
+    impulse[20, 15] = 1.0
+    assert gradient_error(impulse, flat) == pytest.approx(2 / 1000)
+    assert gradient_error(0.5 * impulse, flat) == pytest.approx(0.5 / 1000)
+    other = flat.copy()
+    other[20, 45] = 1.0
+    assert gradient_error(impulse, other) == pytest.approx(4 / 1000)
+    ramp = np.tile(np.linspace(0, 0.8, 61), (41, 1))
+    assert gradient_error(ramp + 0.1, ramp) == pytest.approx(0.0, abs=1e-12)
+    assert sad(ramp + 0.1, ramp) == pytest.approx(0.1 * ramp.size / 1000)
+
+
+def test_dis_metrics_report_matting_errors_on_soft_ground_truth():
+    from birefnet.metrics.matting import connectivity_error, gradient_error, sad
+
+    _, gt = _pair(ORACLE["images"][0]["name"])
+    soft = cv2.GaussianBlur(gt, (15, 15), 4)  # soft alpha edges
+    assert len(np.unique(soft)) > 100
+    pred = cv2.GaussianBlur(gt, (31, 31), 9)
+    metric = DISMetrics(with_matting=True)
+    metric.update(torch.from_numpy(pred)[None], torch.from_numpy(soft)[None])
+    values = {k: float(v) for k, v in metric.compute().items()}
+    a, b = pred / 255.0, soft / 255.0  # the ground truth is not binarised for these
+    assert values["SAD"] == pytest.approx(sad(a, b))
+    assert values["Grad"] == pytest.approx(gradient_error(a, b))
+    assert values["Conn"] == pytest.approx(connectivity_error(a, b))
+    assert values["SAD"] != pytest.approx(sad(a, (soft > 128).astype(float)))
+    assert {"SAD", "Grad", "Conn"}.isdisjoint(spec.name for spec in DISMetrics().specs)

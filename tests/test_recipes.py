@@ -147,3 +147,118 @@ def test_model_monitor_chooses_the_checkpoint_metric_and_its_direction(monitor, 
     cfg = compose_config("train", tmp_path, [f"model.monitor={monitor}"])
     callback = instantiate(cfg.callbacks.model_checkpoint)
     assert callback.monitor == f"val/{monitor}" and callback.mode == mode
+
+
+def _matting_sample(root, sizes=(("TR-ECSSD", 4), ("TE-P3M-500-NP", 2), ("TE-AM-2k", 2))):
+    """A tiny matting dataset: ECSSD images at 1/4 size with their masks blurred into soft alpha mattes."""
+    import cv2
+
+    names = iter(sorted(p.stem for p in (SAMPLE / "ECSSD-TR" / "im").glob("*.jpg")))
+    for set_name, n in sizes:
+        (root / set_name / "im").mkdir(parents=True)
+        (root / set_name / "gt").mkdir()
+        for _ in range(n):
+            name = next(names)
+            image = cv2.imread(str(SAMPLE / "ECSSD-TR" / "im" / f"{name}.jpg"))
+            mask = cv2.imread(str(SAMPLE / "ECSSD-TR" / "gt" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+            size = (image.shape[1] // 4, image.shape[0] // 4)
+            cv2.imwrite(str(root / set_name / "im" / f"{name}.jpg"), cv2.resize(image, size))
+            alpha = cv2.GaussianBlur(cv2.resize(mask, size, interpolation=cv2.INTER_AREA), (9, 9), 3)
+            cv2.imwrite(str(root / set_name / "gt" / f"{name}.png"), alpha)
+
+
+def test_matting_recipe_trains_on_soft_alpha_and_selects_the_three_bests(tmp_path):
+    """The Matting recipe end to end on soft masks: 6 epochs, candidates every 2 epochs, then the reference's
+    selection (best Sm, wFm, HCE) over the test sets, with the matting errors in the tables."""
+    import json
+
+    from birefnet.evaluate import evaluate
+    from birefnet.train import build_data_and_model, train
+
+    _matting_sample(tmp_path / "data" / "Matting")
+    tiny = [
+        f"paths.data_dir={tmp_path / 'data'}",
+        "model.net.backbone=pvt_v2_b0",
+        "model.net.backbone_weights=none",
+        "model.net.decoder_attention=''",
+        "data.size=[64,64]",
+        "data.batch_size=2",
+        "trainer.precision=32",
+    ]
+    cfg = compose_config(
+        "train",
+        tmp_path / "run",
+        ["experiment=matting", *tiny, "trainer.max_epochs=6", "callbacks.epoch_window.last_epochs=6",
+         "callbacks.epoch_window.every=2"],
+    )  # fmt: skip
+    dm, module = build_data_and_model(cfg)
+    dm.setup("fit")
+    assert dm.train_sets == ["TR-ECSSD"] and module.hparams.matting_errors
+    masks = torch.cat([dm.train_set[i]["mask"].flatten() for i in range(len(dm.train_set))])
+    assert ((masks > 0.05) & (masks < 0.95)).float().mean() > 0.02  # soft alpha, not binarised
+    metrics, _ = train(cfg)
+    assert math.isfinite(float(metrics["train/loss"]))
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    assert checkpoints == ["epoch_002.ckpt", "epoch_004.ckpt", "epoch_006.ckpt"]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "epoch_006.ckpt", map_location="cpu", weights_only=True)
+    assert state["birefnet_preprocessing"]["task"] == "Matting"
+
+    results = evaluate(
+        compose_config(
+            "eval",
+            tmp_path / "out",
+            ["data=matting", tiny[0], f"candidates={tmp_path / 'run' / 'checkpoints'}/epoch_*.ckpt", "workers=1"],
+        )
+    )
+    sets = ["TE-P3M-500-NP", "TE-AM-2k"]
+    methods = [c.removesuffix(".ckpt") for c in checkpoints]
+    for set_name in sets:
+        for method in methods:
+            assert {"SAD", "Grad", "Conn", "MSE", "Sm"} <= set(results[set_name][method])
+    selection = json.loads((tmp_path / "out" / "selection.json").read_text())
+    for criterion, pick in (("Sm", max), ("wFm", max), ("HCE", min)):
+        sums = {m: sum(results[s][m][criterion] for s in sets) for m in methods}
+        assert selection["best"][criterion]["method"] == pick(sums, key=sums.get)
+    assert "SAD" in (tmp_path / "out" / "results.md").read_text()
+
+
+def _recipe_table() -> dict[str, list[str]]:
+    """The per-recipe rows of docs/recipes.md: ``{recipe: cells}``."""
+    from tests.conftest import ROOT
+
+    text = (ROOT / "docs" / "recipes.md").read_text()
+    table = text.split("## Per recipe", 1)[1].split("\n\n", 2)[1]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].split("`")[1]] = cells
+    return rows
+
+
+@pytest.mark.parametrize("task", list(REFERENCE))
+def test_recipe_table_in_the_docs_equals_the_composed_config(task, tmp_path):
+    """docs/recipes.md cannot drift from the configs: each row is compared with the composed recipe."""
+    recipe, *_ = REFERENCE[task]
+    cells = _recipe_table()[recipe]
+    cfg = compose_config("train", tmp_path, [f"experiment={recipe}"])
+    dm = instantiate(cfg.data)
+    epochs, window, finetune, base, size, loss, train_sets, test_sets = cells[1:]
+    assert cells[0] == f"`{recipe}` ({task})"
+    assert int(epochs) == cfg.trainer.max_epochs
+    assert window == f"{cfg.callbacks.epoch_window.last_epochs}, {cfg.callbacks.epoch_window.every}"
+    assert finetune.startswith(f"last {-cfg.callbacks.loss_schedule.finetune_last_epochs}")
+    assert ("matting rule" in finetune) == cfg.callbacks.loss_schedule.matting
+    assert cfg.model.optimizer.lr == pytest.approx(float(base) * math.sqrt(cfg.data.batch_size / 4))
+    assert size == f"{dm.size[0]} x {dm.size[1]}"
+    weights = dict(cfg.model.loss.weights)
+    if loss == "as General":
+        loss = _recipe_table()["general"][6]
+    assert {k: float(v) for k, v in (part.split() for part in loss.split(", "))} == weights
+    if cfg.data.train_sets == "*":
+        assert train_sets.startswith("every set under") or train_sets == "as General"
+    else:
+        assert train_sets.split(", ") == list(cfg.data.train_sets)
+    expected_tests = dm.test_sets
+    if test_sets != "as General":
+        expected = test_sets.replace("DIS-TE1..4", "DIS-TE1, DIS-TE2, DIS-TE3, DIS-TE4").split(", ")
+        assert expected == expected_tests

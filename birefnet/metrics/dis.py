@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from birefnet.metrics.functional import HCE_CONVENTIONS, ImageScores, binary_gt, image_scores, quantise
+from birefnet.metrics.allocator import keep_scratch_memory
+from birefnet.metrics.functional import HCE_CONVENTIONS, ImageScores, binary_gt, image_scores, quantise, soft_alpha
 from birefnet.metrics.registry import METRICS, MetricSpec
 
 __all__ = ["DISMetrics", "score_image", "to_numpy_map"]
@@ -29,9 +30,9 @@ def to_numpy_map(x: torch.Tensor) -> np.ndarray:
     return x.float().cpu().numpy()
 
 
-def _enabled(with_hce: bool, with_boundary: bool) -> list[MetricSpec]:
-    groups = {""} | ({"hce"} if with_hce else set()) | ({"boundary"} if with_boundary else set())
-    return [m for m in METRICS.values() if m.group in groups]
+def _enabled(with_hce: bool, with_boundary: bool, with_matting: bool = False) -> list[MetricSpec]:
+    wanted = {"hce": with_hce, "boundary": with_boundary, "matting": with_matting}
+    return [m for m in METRICS.values() if m.group == "" or wanted.get(m.group, False)]
 
 
 def score_image(
@@ -40,10 +41,22 @@ def score_image(
     with_hce: bool = True,
     with_boundary: bool = True,
     hce_convention: str = "pysodmetrics",
+    with_matting: bool = False,
 ) -> tuple[ImageScores, dict[str, float | np.ndarray]]:
-    """One image's :class:`ImageScores` and the scores of the registered extra metrics (``{score: value}``)."""
+    """One image's :class:`ImageScores` and the scores of the metrics computed by functions (``{score: value}``).
+
+    Functions of alpha (the matting errors) see the quantised prediction / 255 and the soft ground truth."""
     q, g = quantise(pred), binary_gt(gt)
-    extras = {m.score: m.function(q, g) for m in _enabled(with_hce, with_boundary) if m.function is not None}
+    extras: dict[str, float | np.ndarray] = {}
+    alphas = None
+    for m in _enabled(with_hce, with_boundary, with_matting):
+        if m.function is None:
+            continue
+        if m.alpha:
+            alphas = alphas or (q / 255.0, soft_alpha(gt))
+            extras[m.score] = m.function(*alphas)
+        else:
+            extras[m.score] = m.function(q, g)
     return image_scores(q, g, with_hce, with_boundary, hce_convention), extras
 
 
@@ -58,8 +71,9 @@ class DISMetrics(Metric):
     ``update(preds, targets)`` takes batches ``(B, 1, H, W)`` / ``(B, H, W)`` or lists of maps of different
     sizes, at the original image size: predictions as probabilities in [0, 1] or uint8 maps, masks as bool,
     uint8 (> 128 is foreground) or float. ``compute()`` returns the built-in ``maxFm wFm MAE Sm meanEm HCE maxEm
-    meanFm adpEm adpFm mBA maxBIoU meanBIoU IoU Dice MSE`` and every registered one; max/mean F, E and BIoU are
-    taken on the image-averaged 256-threshold curves (PySODMetrics). "maxFm" is the maximum of the mean F curve
+    meanFm adpEm adpFm mBA maxBIoU meanBIoU IoU Dice MSE``, with ``with_matting`` the matting errors ``SAD Grad
+    Conn`` on the soft ground truth (:mod:`birefnet.metrics.matting`), and every registered one; max/mean F, E and
+    BIoU are taken on the image-averaged 256-threshold curves (PySODMetrics). "maxFm" is the maximum of the mean F curve
     (PySODMetrics, the DIS and BiRefNet papers); the other convention in the literature, the mean of per-image
     maxima, is :meth:`mean_of_max_fm`. HCE binarises as ``hce_convention`` says: PySODMetrics' normalised
     prediction > 0.5 (default) or the reference's raw prediction > 128. MSE is the reference's (normalised
@@ -77,13 +91,16 @@ class DISMetrics(Metric):
         with_hce: bool = True,
         with_boundary: bool = True,
         hce_convention: str = "pysodmetrics",
+        with_matting: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        keep_scratch_memory()
         if hce_convention not in HCE_CONVENTIONS:
             raise ValueError(f"hce_convention must be one of {HCE_CONVENTIONS}, not {hce_convention!r}.")
         self.with_hce, self.with_boundary, self.hce_convention = with_hce, with_boundary, hce_convention
-        self.specs = _enabled(with_hce, with_boundary)
+        self.with_matting = with_matting
+        self.specs = _enabled(with_hce, with_boundary, with_matting)
         #: keep (name, MAE, Sm) per image for worst-case listings (gathered from every process by :meth:`worst`)
         self.keep_per_image = keep_per_image
         self.per_image: list[tuple[str, float, float]] = []
@@ -112,7 +129,12 @@ class DISMetrics(Metric):
             raise ValueError(f"{len(preds)} predictions but {len(targets)} targets.")
         for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
             scores, extras = score_image(
-                to_numpy_map(pred), to_numpy_map(target), self.with_hce, self.with_boundary, self.hce_convention
+                to_numpy_map(pred),
+                to_numpy_map(target),
+                self.with_hce,
+                self.with_boundary,
+                self.hce_convention,
+                with_matting=self.with_matting,
             )
             self._accumulate(scores, extras, names[i] if names else None)
 

@@ -74,6 +74,14 @@ def binary_gt(gt: np.ndarray) -> np.ndarray:
     return gt.astype(np.float64) > 128.0 / 255.0
 
 
+def soft_alpha(mask: np.ndarray) -> np.ndarray:
+    """A map as alpha values in [0, 1] (float64), not binarised: uint8 / 255, bool as 0/1, floats clipped."""
+    mask = np.asarray(mask)
+    if mask.dtype == np.uint8:
+        return mask / 255.0
+    return np.clip(mask.astype(np.float64), 0.0, 1.0)
+
+
 def _levels(lo: int, hi: int) -> np.ndarray:
     """Normalised value of every uint8 level, with PySODMetrics' float64 operations."""
     p = np.arange(256, dtype=np.float64) / 255.0

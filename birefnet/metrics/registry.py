@@ -8,7 +8,8 @@ result files take their columns, order and number formats from it. Adding a metr
 
 Per-image scores are either fields of :class:`~birefnet.metrics.functional.ImageScores` (computed together from
 shared histograms) or the value of a registered function of the quantised prediction ``q`` (uint8, 0..255) and the
-binary ground truth ``g`` (bool), both ``H x W``.
+binary ground truth ``g`` (bool), both ``H x W``. Metrics marked ``alpha`` (the matting errors) get the prediction
+and the soft ground truth as alpha values in [0, 1] instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import dataclasses
 from collections.abc import Callable, Iterable
 
 import numpy as np
+
+from birefnet.metrics import matting
 
 __all__ = ["METRICS", "REDUCTIONS", "MetricSpec", "format_value", "ordered", "register_metric", "unregister_metric"]
 
@@ -36,9 +39,12 @@ class MetricSpec:
         reduction: one of :data:`REDUCTIONS`.
         fmt: format spec of the value in tables (``".3f"``; HCE ``".0f"``).
         higher_is_better: for the reader of a table and for checkpoint selection.
-        group: ``""`` always computed; ``"hce"`` / ``"boundary"`` only when :class:`DISMetrics` is asked to.
+        group: ``""`` always computed; ``"hce"`` / ``"boundary"`` / ``"matting"`` only when :class:`DISMetrics` is
+            asked to.
         function: ``(q, g) -> float`` (or a 256-curve for the curve reductions) when the score is not an
             ``ImageScores`` field.
+        alpha: ``function`` takes ``(prediction, ground truth)`` as float alpha in [0, 1] (the ground truth not
+            binarised), as matting errors are defined.
     """
 
     name: str
@@ -48,6 +54,7 @@ class MetricSpec:
     higher_is_better: bool = True
     group: str = ""
     function: Callable[[np.ndarray, np.ndarray], float | np.ndarray] | None = None
+    alpha: bool = False
 
     @property
     def is_curve(self) -> bool:
@@ -74,6 +81,16 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("IoU", "iou"),
         MetricSpec("Dice", "dice"),
         MetricSpec("MSE", "mse", higher_is_better=False),
+        *(
+            MetricSpec(
+                name, f"matting:{name}", fmt=".2f", higher_is_better=False, group="matting", function=f, alpha=True
+            )
+            for name, f in (
+                ("SAD", matting.sad),
+                ("Grad", matting.gradient_error),
+                ("Conn", matting.connectivity_error),
+            )
+        ),
     )
 }
 
