@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 
@@ -9,11 +10,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from birefnet.data import DatasetValidationError, DISDataModule, DISDataset
+from birefnet.data.datamodule import DynamicSizeCollate
 from birefnet.data.io import read_image, read_mask
 from birefnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from birefnet.errors import ConfigError
 from tests.conftest import SAMPLE
 
 
@@ -189,6 +193,21 @@ def test_datamodule_loaders_and_dynamic_size():
     h, w = batch["image"].shape[-2:]
     assert batch["image"].shape[:2] == (4, 3) and h % 32 == 0 and w % 32 == 0 and 32 <= h <= 96
     assert batch["mask"].shape == (4, 1, h, w)
+    # the reference resizes each sample from its original size with antialiasing, not the size-64 copy
+    dm.augmentations = []
+    dm.train_set = None
+    dm.setup("fit")
+    item = dm.train_set[0]
+    original = read_image(dm.train_set.samples[0].image)
+    assert item["image"].shape[1:] == original.shape[:2]
+    random.seed(3)
+    batch = DynamicSizeCollate(32, 96)([item])
+    h, w = batch["image"].shape[-2:]
+    expected = F.interpolate(item["image"][None], size=(h, w), mode="bilinear", antialias=True)[0]
+    assert torch.allclose(batch["image"][0], expected, atol=1e-5)
+    assert batch["mask"].min() >= 0 and batch["mask"].max() <= 1
+    with pytest.raises(ConfigError, match="dynamic_size"):
+        DISDataModule(str(SAMPLE), "ECSSD-TR", dynamic_size=[32, 96], cache_dir="cache")
     val = dm.val_dataloader()
     assert len(val) == 1
     vb = next(iter(val[0]))

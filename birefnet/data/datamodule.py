@@ -54,11 +54,19 @@ def eval_collate(items: list[dict]) -> dict:
     return batch
 
 
+def resize_antialiased(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``C x H x W`` -> ``C x size``, bilinear with antialiasing (torchvision's ``Resize`` on tensors); uint8 stays
+    uint8 (rounded), floats stay in their range (the filter weights are non-negative)."""
+    y = F.interpolate(x[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return y.round_().clamp_(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y
+
+
 class DynamicSizeCollate:
     """Resize every batch to one random size (multiples of 32 in ``[min_size, max_size]``), as BiRefNet_dynamic.
 
-    The per-batch size comes from Python's ``random``, which Lightning seeds per worker (``seed_everything``
-    with ``workers=True``), so runs are reproducible.
+    The samples come at their original size (after the augmentations) and each is resized from there, with
+    antialiasing, as the reference does. The per-batch size comes from Python's ``random``, which Lightning seeds
+    per worker (``seed_everything`` with ``workers=True``), so runs are reproducible.
     """
 
     def __init__(self, min_size: int = 256, max_size: int = 2304) -> None:
@@ -67,12 +75,13 @@ class DynamicSizeCollate:
         self.min_size, self.max_size = min_size, max_size
 
     def __call__(self, items: list[dict]) -> dict:
-        batch = eval_collate(items)
         h = random.randrange(self.min_size, self.max_size + 1, 32)
         w = random.randrange(self.min_size, self.max_size + 1, 32)
-        batch["image"] = F.interpolate(batch["image"].float(), size=(h, w), mode="bilinear", align_corners=False)
-        batch["mask"] = F.interpolate(batch["mask"], size=(h, w), mode="bilinear", align_corners=False)
-        return batch
+        resized = [
+            {**it, "image": resize_antialiased(it["image"], (h, w)), "mask": resize_antialiased(it["mask"], (h, w))}
+            for it in items
+        ]
+        return eval_collate(resized)
 
 
 class DISDataModule(L.LightningDataModule):
@@ -89,7 +98,9 @@ class DISDataModule(L.LightningDataModule):
         batch_size: per-device training batch size; ``eval_batch_size`` for val/test.
         augmentations: names from flip, crop, rotate, enhance, pepper (reference: flip, enhance, rotate, pepper).
         background_synthesis: reference background-colour synthesis (keeps only the flip).
-        dynamic_size: ``[min, max]`` per-batch random size for training (BiRefNet_dynamic), or ``None``.
+        dynamic_size: ``[min, max]`` per-batch random size for training (BiRefNet_dynamic), or ``None``. The samples
+            are augmented at their original size and resized from it with antialiasing (no reduced decode, no
+            cache).
         normalization: ``imagenet`` (BiRefNet), ``u2net`` (per-image max, then ImageNet) or ``isnet`` (mean 0.5, std 1);
             the model's preprocessing card decides it in ``train.py`` and ``evaluate.py``.
         interpolation: the evaluation resize filter (``bilinear``, ``bicubic``, ``area``, ``nearest``).
@@ -164,6 +175,11 @@ class DISDataModule(L.LightningDataModule):
         self.dynamic_size = list(dynamic_size) if dynamic_size else None
         self.normalization = normalization
         self.crop_size = list(crop_size) if crop_size else None
+        if cache_dir and self.dynamic_size:
+            raise ConfigError(
+                "data.cache_dir keeps copies at data.size, but data.dynamic_size trains from the original images; "
+                "unset one of them."
+            )
         self.cache_dir = cache_dir
         self.normalize_on_device = normalize_on_device
         self._loader_normalization = "none" if normalize_on_device else normalization
@@ -209,14 +225,14 @@ class DISDataModule(L.LightningDataModule):
                     self.root,
                     self.train_sets,
                     train_transform(
-                        self.size,
+                        None if self.dynamic_size else self.size,
                         self.augmentations,
                         self.background_synthesis,
                         self._loader_normalization,
                         self.crop_size,
                     ),
                     self.skip_invalid,
-                    decode_min_side=min(self.size) if self.fast_decode else None,
+                    decode_min_side=min(self.size) if self.fast_decode and not self.dynamic_size else None,
                     reseed=True,
                     cache_dir=f"{self.cache_dir}/{'+'.join(self.train_sets)}" if self.cache_dir else None,
                     cache_size=self.size,

@@ -230,25 +230,27 @@ AUGMENTATIONS = ("flip", "vflip", "crop", "rotate", "enhance", "pepper")
 
 
 def train_transform(
-    size: Sequence[int] = (1024, 1024),
+    size: Sequence[int] | None = (1024, 1024),
     augmentations: Sequence[str] = REFERENCE_AUGMENTATIONS,
     background_synthesis: bool = False,
     normalization: str = "imagenet",
     crop_size: Sequence[int] | None = None,
 ) -> A.Compose:
-    """The reference training pipeline at ``size`` = (height, width).
+    """The reference training pipeline at ``size`` = (height, width); ``None`` keeps each image's own size (dynamic
+    size training: the collate function resizes every batch from the originals).
 
     ``augmentations`` picks from ``flip`` (horizontal), ``vflip`` (vertical, U2-Net's), ``crop`` (BiRefNet's
     random crop, resized back), ``rotate``, ``enhance``, ``pepper`` (BiRefNet default: flip, enhance, rotate,
     pepper). With ``background_synthesis`` only the flip is kept, as in the reference. ``crop_size`` adds a
     random crop to that size after the resize (U2-Net: resize 320, crop 288).
     """
-    h, w = size
     unknown = set(augmentations) - set(AUGMENTATIONS)
     if unknown:
         raise ValueError(f"Unknown augmentations {sorted(unknown)}; choose from {', '.join(AUGMENTATIONS)}.")
     augs = set(augmentations) & ({"flip"} if background_synthesis else set(augmentations))
-    steps: list = [A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR)]
+    steps: list = []
+    if size is not None:
+        steps.append(A.Resize(*size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR))
     if "flip" in augs:
         steps.append(A.HorizontalFlip(p=0.5))
     if "vflip" in augs:
