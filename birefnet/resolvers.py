@@ -7,20 +7,17 @@ resolver that ran code would let a file name (``checkpoint='m${...}.pth'``) or `
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from birefnet.errors import ConfigError
+from birefnet.launch import rank_suffix, run_name
 
-__all__ = ["PROJECT_ROOT", "epoch_milestones", "reference_lr", "register_resolvers", "run_id"]
+__all__ = ["PROJECT_ROOT", "epoch_milestones", "reference_lr", "register_resolvers"]
 
 #: The repository root (parent of this package), used by configs/paths as ${project_root:}.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-_RUN_ID = f"{os.getpid():x}{secrets.token_hex(2)}"
 
 
 def _positive_int(value, key: str) -> int:
@@ -66,16 +63,12 @@ def monitor_mode(metric: str) -> str:
     return "max" if METRICS[metric].higher_is_better else "min"
 
 
-def run_id() -> str:
-    """A token fixed for this process (process id + random bits): run folders started in the same second differ."""
-    return _RUN_ID
-
-
 def register_resolvers() -> None:
     """Register the project's resolvers (idempotent)."""
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("reference_lr", reference_lr, replace=True)
     OmegaConf.register_new_resolver("epoch_milestones", epoch_milestones, replace=True)
-    OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+    OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("rank_suffix", rank_suffix, replace=True)
     OmegaConf.register_new_resolver("loss_preset", loss_preset, replace=True)
     OmegaConf.register_new_resolver("monitor_mode", monitor_mode, replace=True)

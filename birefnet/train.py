@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from birefnet.errors import ConfigError
+from birefnet.launch import process_index
 from birefnet.models.checkpoint import model_card
 from birefnet.reporting import add_group_means, write_results
 from birefnet.utils import instantiate_dict, log, save_config, split_logged_metrics
@@ -69,12 +69,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Fit (and optionally test) the model described by ``cfg``; returns ``(metrics, objects)``."""
     check_backbone_weights(cfg)
     if cfg.get("seed") is not None:
-        # one stream per process: DDP ranks (re-launched by Lightning with LOCAL_RANK / NODE_RANK set) get
-        # seed + rank; DDP broadcasts rank 0's initial weights, so only data order and augmentation differ
-        rank = int(
-            os.environ.get("RANK", int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0)))
-        )
-        L.seed_everything(cfg.seed + rank, workers=True)
+        # one stream per process: DDP processes get seed + their index; DDP broadcasts rank 0's initial weights,
+        # so only data order and augmentation differ
+        L.seed_everything(cfg.seed + process_index(), workers=True)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     output_dir = Path(cfg.paths.output_dir)
