@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -163,8 +164,6 @@ def bench_model(
             torch.cuda.reset_peak_memory_stats()
         ms = statistics.median(timer.time(fn, warmup, iters))
         peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan")
-        import resource
-
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
         return {
             "model": name,
@@ -486,6 +485,71 @@ def bench_metric_parts(images: int = 20, size: int = 1024) -> list[dict]:
     return [{"stage": name, "ms / image": timed(fn)} for name, fn in stages.items()]
 
 
+# -- predict ---------------------------------------------------------------------------------------------------
+def bench_predict(
+    model: str = "birefnet",
+    backbone: str = "swin_v1_t",
+    size: int = 512,
+    images: int = 10,
+    source: str | None = None,
+    backends: tuple[str, ...] = ("torch", "onnxruntime"),
+    checkpoint: str | None = None,
+) -> list[dict]:
+    """``Predictor`` end to end per backend, as ``birefnet predict`` runs it: the setup (the first onnxruntime
+    setup exports and caches the graph, the second loads it), ms per image (batch 1, resize and normalisation
+    included, median after one warm-up) and, against the first backend, the share of pixels whose mask is within
+    1/255. Random weights (seed 0) saved as a checkpoint with a ``size`` card, or ``checkpoint`` as it is (its
+    cached graph is reused across runs: run once to export, again to measure the cached setup and its memory);
+    the images come from ``source`` (a DIS-layout folder) or are synthetic."""
+    import cv2
+
+    from birefnet.models import BiRefNet, U2Net, save_model
+    from birefnet.predict import Predictor
+
+    pictures = [cv2.cvtColor(img, cv2.COLOR_BGR2RGB) for img, _ in _sources(source, images)]
+    rows, reference = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        if checkpoint is None:
+            torch.manual_seed(0)
+            net = BiRefNet(backbone) if model == "birefnet" else U2Net(model)
+            net.preprocessing = net.preprocessing.replace(input_size=(size, size))
+            checkpoint = Path(tmp) / "model.safetensors"
+            save_model(net.eval(), checkpoint)
+            del net
+        for backend in backends:
+            setups = []
+            for _ in range(2 if backend == "onnxruntime" else 1):
+                t = time.perf_counter()
+                predictor = Predictor(checkpoint, backend=backend)
+                setups.append(time.perf_counter() - t)
+            predictor.masks(pictures[:1])
+            masks, times = [], []
+            for picture in pictures:
+                t = time.perf_counter()
+                masks += predictor.masks([picture])
+                times.append((time.perf_counter() - t) * 1000)
+            config, card = getattr(predictor.model, "config", {}), predictor.card
+            variant = config.get("backbone") or config.get("variant") or ""
+            shape = f"{'x'.join(map(str, card.input_size))} px" if card.input_size else "own size"
+            row = {
+                "model": " ".join(v for v in (type(predictor.model).__name__, variant, shape) if v),
+                "backend": backend,
+                "setup s (first, cached)": ", ".join(f"{s:.1f}" for s in setups),
+                "ms / image": statistics.median(times),
+                "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            }
+            if reference is None:
+                reference = masks
+            else:
+                close = [np.abs(a - b) <= 1 / 255 for a, b in zip(reference, masks, strict=True)]
+                row[f"% px within 1/255 of {backends[0]}"] = 100 * float(
+                    np.concatenate([c.ravel() for c in close]).mean()
+                )
+            rows.append(row)
+            del predictor
+    return rows
+
+
 # -- data ----------------------------------------------------------------------------------------------------
 def _sources(source: str | None, n: int):
     """``n`` (BGR image, mask) pairs: the first of a DIS-layout folder ``source`` (``im/``, ``gt/``), or smooth
@@ -585,11 +649,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mem.set_defaults(run=bench_activation_memory)
     mem.add_argument("--backbone", default="swin_v1_l")
     mem.add_argument("--size", type=int, default=1024)
+    pr = sub.add_parser("predict", help="Predictor per inference backend: setup, ms / image, mask agreement")
+    pr.set_defaults(run=bench_predict)
+    pr.add_argument("--model", default="birefnet", choices=["birefnet", "u2net", "u2netp"])
+    pr.add_argument("--backbone", default="swin_v1_t")
+    pr.add_argument("--size", type=int, default=512)
+    pr.add_argument("--images", type=int, default=10)
+    pr.add_argument("--source", default=None, help="a DIS-layout folder (im/, gt/); default: synthetic images")
+    pr.add_argument("--backends", type=_modes, default=("torch", "onnxruntime"), help="comma list; first = reference")
+    pr.add_argument("--checkpoint", default=None, help="a weights file instead of random weights")
     d = sub.add_parser("data", help="training data pipeline throughput")
     d.set_defaults(run=bench_data)
     d.add_argument("--samples", type=int, default=60)
     d.add_argument("--source", default=None, help="a DIS-layout folder (im/, gt/); default: synthetic images")
-    for p in (m, mt, parts, mem, d):
+    for p in (m, mt, parts, mem, pr, d):
         p.add_argument("--json", default=None, help="write the rows here")
 
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -115,17 +116,22 @@ def export_onnx(
     x = torch.randn(1, 3, *size)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     try:
-        # the wrapper must be in eval mode too: the exporter restores the wrapper's mode on every submodule
-        torch.onnx.export(
-            _LogitsOnly(model).eval(),
-            (x,),
-            str(output),
-            opset_version=opset,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": axes, "logits": axes},
-            dynamo=False,
-        )
+        # the wrapper must be in eval mode too: the exporter restores the wrapper's mode on every submodule.
+        # The tracer warns about the input checks (constant in the graph; callers pass checked sizes) and about
+        # itself being the legacy exporter (the DeformConv symbolic above is written for it): noise for the user.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                _LogitsOnly(model).eval(),
+                (x,),
+                str(output),
+                opset_version=opset,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": axes, "logits": axes},
+                dynamo=False,
+            )
     except Exception as err:
         hint = (
             " The deformable decoder attention is the usual blocker; for deployment, train or fine-tune the "

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from birefnet.atomic import remove_partials
+from birefnet.backends import BACKENDS, OnnxRuntimeRunner, choose_backend, torch_runner
 from birefnet.data.io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -36,6 +37,7 @@ from birefnet.errors import UserError, exit_on_user_error
 from birefnet.models import load_model
 from birefnet.models.blocks import resize
 from birefnet.models.checkpoint import model_card
+from birefnet.models.hub import resolve_weights
 from birefnet.preprocessing import NORMALIZATIONS, PreprocessingCard, normalize
 
 log = logging.getLogger("birefnet")
@@ -180,6 +182,12 @@ class Predictor:
             fixed-size inference), or ``None`` for eager execution.
         preprocessing: a card that replaces the model's, or a dict of the fields to change
             (``{"normalization": "isnet"}``).
+        backend: ``"torch"``, ``"onnxruntime"`` (CPU, fp32: the exported graph, cached per checkpoint; see
+            :mod:`birefnet.backends`) or ``"auto"``: onnxruntime for a checkpoint in fp32 on a CPU when it is
+            installed, no ``compile`` is asked for and the model has at most 100 M parameters (the fastest there by
+            measurement; larger models keep torch's lower peak memory), else torch. The choice
+            is logged and kept in :attr:`backend`. With onnxruntime, a model loaded from ``checkpoint`` keeps no
+            PyTorch weights (``model`` is on the ``meta`` device; its ``config`` and card stay).
     """
 
     def __init__(
@@ -191,6 +199,7 @@ class Predictor:
         model: torch.nn.Module | None = None,
         compile: dict | None = None,
         preprocessing: PreprocessingCard | dict | None = None,
+        backend: str = "auto",
     ) -> None:
         self.device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
@@ -198,11 +207,30 @@ class Predictor:
         if model is None and checkpoint is None:
             raise ValueError("Predictor needs a checkpoint (file, folder or Hub repo) or a model.")
         self.model = (model if model is not None else load_model(checkpoint)).to(self.device).eval()
-        self.runner = torch.compile(self.model, **compile) if compile is not None else self.model
         self.card, asked = model_card(self.model).override(preprocessing, size)
         log.info("Predicting with %s (the model's card%s).", self.card.describe(), f" with {asked}" if asked else "")
         self.precision = precision
         self.dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        if backend == "auto" and (precision != "fp32" or compile is not None):
+            self.backend, why = "torch", f"{precision}{' with torch.compile' if compile is not None else ''}"
+        elif backend == "auto" and model is not None:
+            self.backend, why = "torch", "a model object: no checkpoint file to cache its graph for"
+        else:
+            parameters = sum(p.numel() for p in self.model.parameters())
+            self.backend, why = choose_backend(backend, self.device, parameters)
+        if self.backend == "onnxruntime":
+            if precision != "fp32" or compile is not None:
+                raise UserError("The onnxruntime backend runs the fp32 graph: drop --precision / --compile.")
+            weights = resolve_weights(checkpoint) if model is None else None
+            self.logits = OnnxRuntimeRunner(
+                self.model,
+                weights.path if weights else None,
+                from_hub=bool(weights and weights.repo_id),
+                release=model is None,
+            )
+        else:
+            self.logits = torch_runner(self.model, compile)
+        log.info("Backend: %s (%s).", self.backend, why)
 
     def _to_tensor(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         x = cv2.resize(image, (size[1], size[0]), interpolation=self.card.cv2_interpolation)
@@ -219,7 +247,7 @@ class Predictor:
                 torch.stack([self._to_tensor(images[i], size) for i in idx]).to(self.device), self.card.normalization
             )
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-                logits = self.runner(batch).logits
+                logits = self.logits(batch)
             probs = torch.sigmoid(logits.float())
             for j, i in enumerate(idx):
                 h, w = images[i].shape[:2]
@@ -459,6 +487,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["default", "reduce-overhead", "max-autotune"],
         help="torch.compile mode (reduce-overhead: CUDA graphs for a fixed --size)",
     )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="auto: onnxruntime for fp32 on a CPU when installed (the exported graph, cached next to the "
+        "checkpoint; the fastest measured there), else torch",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -481,6 +516,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         precision,
         compile={"mode": args.compile} if args.compile else None,
         preprocessing={"normalization": args.preprocessing} if args.preprocessing else None,
+        backend=args.backend,
     )
     summary = predictor.run(
         inputs,

@@ -119,7 +119,7 @@ NB3 = [
     new_code_cell("# the cell to change: data, and official checkpoints if you have them (None: train small ones here)\n"
                   "DATA = ['data=sample', 'data.size=[128,128]', 'data.num_workers=0']\n"
                   "OFFICIAL = {'birefnet': None, 'u2net': None}  # e.g. '/weights/BiRefNet-DIS-epoch_590.pth', '/weights/u2net.pth'\n"
-                  "EPOCHS = 5"),
+                  "EPOCHS = 3"),
     new_code_cell(TRAIN_CFG),
     new_code_cell("from birefnet.train import train\n"
                   "checkpoints = {}\n"

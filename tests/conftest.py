@@ -39,6 +39,16 @@ def reference_keys(name: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_caches_in_the_home_folder(tmp_path_factory):
+    """Tests (and the commands they start) keep this project's caches, e.g. the onnxruntime graphs of Hub
+    checkpoints, in a temporary folder, not in the user's home."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("BIREFNET_CACHE", str(tmp_path_factory.mktemp("birefnet_cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def fixtures_meta() -> dict:
     return json.loads((FIXTURES / "fixtures_meta.json").read_text())

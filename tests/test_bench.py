@@ -30,6 +30,15 @@ def test_model_bench_tiny_cpu(tmp_path):
     assert rows[0]["backend"] == "onnxruntime" and rows[0]["ms"] > 0 and rows[0]["peak RSS GB"] > 0
 
 
+def test_predict_bench_compares_the_backends_masks(tmp_path):
+    sample = ROOT / "data" / "sample" / "ECSSD-TE"
+    rows = bench(tmp_path, "predict", "--model", "u2netp", "--size", "64", "--images", "2", "--source", str(sample))
+    assert [r["backend"] for r in rows] == ["torch", "onnxruntime"] and rows[0]["model"] == "U2Net u2netp 64x64 px"
+    assert all(r["ms / image"] > 0 for r in rows)
+    first, cached = (float(s) for s in rows[1]["setup s (first, cached)"].split(", "))
+    assert rows[1]["% px within 1/255 of torch"] >= 99.9 and cached < first  # the second setup loads the graph
+
+
 def test_metrics_parts_memory_and_data_bench_small(tmp_path):
     rows = bench(tmp_path, "metrics", "--images", "2", "--size", "128", "--workers", "1")
     labels = [r["implementation"] for r in rows]
@@ -55,4 +64,4 @@ def test_metrics_parts_memory_and_data_bench_small(tmp_path):
 def test_bench_is_a_subcommand_of_the_console_command():
     proc = subprocess.run([sys.executable, "-m", "birefnet.cli", "bench", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
-    assert all(name in proc.stdout for name in ("model", "metrics", "metric-parts", "memory", "data"))
+    assert all(name in proc.stdout for name in ("model", "predict", "metrics", "metric-parts", "memory", "data"))

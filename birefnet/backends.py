@@ -1,0 +1,164 @@
+"""Inference backends of :class:`birefnet.predict.Predictor`: eager PyTorch, or the model's ONNX graph in onnxruntime.
+
+On a CPU, onnxruntime runs the exported graph faster than eager PyTorch for every model measured
+(``docs/benchmarks.md``: 1.3-1.5x for BiRefNet Swin-V1-T 512 px, Swin-V1-L 1024 px, U2-Net 320 px), so
+``backend="auto"`` picks it there when onnxruntime is installed (the ``onnx`` extra). For models above
+:data:`LARGE_MODEL_PARAMETERS` it keeps PyTorch: onnxruntime's memory arena holds far more (BiRefNet Swin-V1-L at
+1024 px: 6.2 GB peak against 3.8 GB), and the speed is one flag away. PyTorch also runs on GPUs.
+
+The graph is exported once per checkpoint and cached: next to a local checkpoint file, or for Hub downloads and
+read-only folders in ``$BIREFNET_CACHE/onnx`` (default ``$XDG_CACHE_HOME/birefnet``, ``~/.cache/birefnet``). Its name
+carries a digest of the checkpoint's bytes, so a changed checkpoint gets a new graph and the stale ones are removed.
+The graph takes any height and width (multiples of 32) and is traced on a small example: tracing at the inference
+size costs far more memory (BiRefNet Swin-V1-L: 18.3 GB peak at 1024 px, 5.7 GB at 256 px, the same graph speed).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from birefnet.errors import UserError
+
+log = logging.getLogger("birefnet")
+
+__all__ = ["BACKENDS", "OnnxRuntimeRunner", "choose_backend", "graph_cache_path"]
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+#: ``auto`` keeps PyTorch on a CPU for models with more parameters than this (BiRefNet Swin-V1-L has 220 M).
+LARGE_MODEL_PARAMETERS = 100_000_000
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def choose_backend(requested: str, device: torch.device, parameters: int = 0) -> tuple[str, str]:
+    """``(backend, reason)`` for a requested backend (one of :data:`BACKENDS`) on ``device`` for a model with
+    ``parameters`` parameters."""
+    if requested not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {requested!r}.")
+    if requested == "onnxruntime":
+        if device.type != "cpu":
+            raise UserError(
+                f"The onnxruntime backend runs on the CPU; use --device cpu, or the torch backend on {device}."
+            )
+        if not onnxruntime_available():
+            raise UserError("The onnxruntime backend needs onnx and onnxruntime: pip install 'birefnet[onnx]'.")
+        return "onnxruntime", "as asked"
+    if requested == "torch":
+        return "torch", "as asked"
+    if device.type != "cpu":
+        return "torch", f"the default on {device.type}"
+    if not onnxruntime_available():
+        return "torch", "onnxruntime is not installed (pip install 'birefnet[onnx]' for faster CPU inference)"
+    if parameters > LARGE_MODEL_PARAMETERS:
+        return "torch", (
+            f"{parameters / 1e6:.0f} M parameters: the lower peak memory on CPU; --backend onnxruntime is about "
+            "1.3x faster and holds about 2.4 GB more (docs/benchmarks.md)"
+        )
+    return "onnxruntime", "the fastest measured on CPU (docs/benchmarks.md)"
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 23):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _user_cache() -> Path:
+    if os.environ.get("BIREFNET_CACHE"):
+        return Path(os.environ["BIREFNET_CACHE"]) / "onnx"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "birefnet" / "onnx"
+
+
+#: The example input the graph is traced on (height, width); the graph itself takes any multiple of 32.
+TRACE_SIZE = (256, 256)
+
+
+def graph_cache_path(checkpoint: Path, from_hub: bool = False) -> Path:
+    """Where the graph of ``checkpoint`` is cached; see the module."""
+    name = f"{checkpoint.stem}.{_digest(checkpoint)}.onnx"
+    folder = checkpoint.parent
+    if from_hub or not os.access(folder, os.W_OK):
+        folder = _user_cache()
+    return folder / name
+
+
+class OnnxRuntimeRunner:
+    """``runner(batch) -> logits``: the model's graph in onnxruntime's CPU provider.
+
+    Args:
+        model: the network (exported when no cached graph exists; it is changed in place for the export).
+        checkpoint: the weights file ``model`` came from; the graph is cached for it (``None``: a temporary
+            graph for this runner only).
+        from_hub: the checkpoint lives in the Hugging Face cache (the graph goes to the user cache instead).
+        threads: onnxruntime's intra-op threads (default: torch's).
+        release: once the graph exists, move ``model``'s tensors to the ``meta`` device: the process then holds
+            the weights once, in onnxruntime (for a model loaded only to run here).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        checkpoint: Path | None = None,
+        from_hub: bool = False,
+        threads: int | None = None,
+        release: bool = False,
+    ) -> None:
+        import onnxruntime as ort
+
+        from birefnet.export import export_onnx
+
+        if checkpoint is not None:
+            path = graph_cache_path(checkpoint, from_hub)
+        else:
+            path = Path(tempfile.mkdtemp(prefix="birefnet-onnx-")) / "model.onnx"
+        if path.is_file():
+            log.info("onnxruntime: the cached graph %s.", path)
+            self.cached = True
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log.info("onnxruntime: exporting the graph once to %s (later runs load it).", path)
+            partial = path.with_name(path.name + ".partial")
+            export_onnx(model, partial, TRACE_SIZE, dynamic_size=True, check=False)
+            partial.replace(path)
+            self._remove_stale(path)
+            self.cached = False
+        if release:
+            model.to("meta")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.path = path
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _remove_stale(path: Path) -> None:
+        """Graphs of an earlier version of the same checkpoint file (same stem, another digest)."""
+        stem = path.name.rsplit(".", 2)[0]
+        for other in path.parent.glob(f"{glob.escape(stem)}.*.onnx"):
+            if other != path and other.name.count(".") == path.name.count("."):
+                other.unlink(missing_ok=True)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(None, {"image": batch.float().cpu().numpy()})
+        return torch.from_numpy(logits)
+
+
+def torch_runner(model: nn.Module, compile: dict | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``runner(batch) -> logits`` with eager (or compiled) PyTorch."""
+    net = torch.compile(model, **compile) if compile is not None else model
+    return lambda batch: net(batch).logits
