@@ -230,8 +230,9 @@ def _onnxruntime_runner(net: torch.nn.Module, x: torch.Tensor):
 def bench_activation_memory(backbone: str = "swin_v1_l", size: int = 1024, **net_kwargs) -> list[dict]:
     """Bytes the training forward (model + DIS loss) keeps for backward, per image, fp32, on the ``meta`` device.
 
-    Runs without a GPU and without real memory: every tensor saved by autograd is counted once (by identity).
-    Compares the reference head (full-resolution 240-channel concat) with the fused head.
+    Runs without a GPU and without real memory: every tensor saved by autograd is counted once, a view as the
+    tensor it views (meta tensors have no storage to tell them apart, so views of one tensor would otherwise
+    count several times). Compares the reference head (full-resolution 240-channel concat) with the fused head.
     """
     from birefnet.losses import DISLoss
     from birefnet.models import BiRefNet
@@ -244,7 +245,8 @@ def bench_activation_memory(backbone: str = "swin_v1_l", size: int = 1024, **net
         saved: dict[int, int] = {}
 
         def pack(t: torch.Tensor, saved=saved) -> torch.Tensor:
-            saved[id(t)] = t.numel() * t.element_size()
+            base = t._base if t._base is not None else t
+            saved[id(base)] = base.numel() * base.element_size()
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

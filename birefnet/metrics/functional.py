@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from birefnet.metrics.allocator import keep_scratch_memory
 from birefnet.metrics.kernels import (
     foreground_profile,
     quadrant_histograms,
@@ -368,6 +369,7 @@ def image_scores(
             ``"reference"`` the raw prediction at > 128 (of 255), as BiRefNet's and the DIS evaluation code do.
             They differ on maps that do not span the full range.
     """
+    keep_scratch_memory()
     q = quantise(pred)
     g = binary_gt(gt)
     if q.shape != g.shape:
