@@ -133,9 +133,13 @@ class OnnxRuntimeRunner:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             log.info("onnxruntime: exporting the graph once to %s (later runs load it).", path)
-            partial = path.with_name(path.name + ".partial")
-            export_onnx(model, partial, TRACE_SIZE, dynamic_size=True, check=False)
-            partial.replace(path)
+            # a name of this process's own: two first runs exporting at once each finish their file, one wins
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            try:
+                export_onnx(model, partial, TRACE_SIZE, dynamic_size=True, check=False)
+                partial.replace(path)
+            finally:
+                partial.unlink(missing_ok=True)
             self._remove_stale(path)
             self.cached = False
         if release:

@@ -281,3 +281,20 @@ def test_onnxruntime_backend_equals_eager_masks_and_caches_its_graph(tmp_path, c
     assert [p.name for p in tmp_path.glob("*.onnx")] == [rebuilt.logits.path.name] != graphs
     again = Predictor(path, size=(64, 64), backend="torch").masks(images[:1])[0]
     assert np.abs(rebuilt.masks(images[:1])[0] - again).max() <= 1 / 255
+
+
+def test_a_failed_export_leaves_no_graph_behind(tmp_path, monkeypatch):
+    from birefnet import export
+    from birefnet.backends import OnnxRuntimeRunner
+
+    def broken(model, output, *args, **kwargs):
+        with open(output, "wb") as f:
+            f.write(b"half a graph")
+        raise RuntimeError("ONNX export failed: interrupted")
+
+    monkeypatch.setattr(export, "export_onnx", broken)
+    path = tmp_path / "m.safetensors"
+    save_model(BiRefNet("pvt_v2_b0", decoder_attention=""), path)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        OnnxRuntimeRunner(BiRefNet("pvt_v2_b0", decoder_attention=""), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no graph, no partial file
