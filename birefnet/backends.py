@@ -10,7 +10,8 @@ The graph is exported once per checkpoint and cached: next to a local checkpoint
 read-only folders in ``$BIREFNET_CACHE/onnx`` (default ``$XDG_CACHE_HOME/birefnet``, ``~/.cache/birefnet``). Its name
 carries a digest of the checkpoint's bytes, so a changed checkpoint gets a new graph and the stale ones are removed.
 The graph takes any height and width (multiples of 32) and is traced on a small example: tracing at the inference
-size costs far more memory (BiRefNet Swin-V1-L: 18.3 GB peak at 1024 px, 5.7 GB at 256 px, the same graph speed).
+size costs far more memory (BiRefNet Swin-V1-L at 1024 px: 18.3 GB peak against 6.9 GB, the same graph speed;
+``docs/benchmarks.md``).
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ from birefnet.data.io import ImageReadError, read_mask, write_png
 from birefnet.errors import ConfigError, UserError
 from birefnet.lit_module import DISLitModule
 from birefnet.metrics import DISMetrics
-from birefnet.metrics.allocator import keep_scratch_memory
 from birefnet.metrics.dis import score_image
 from birefnet.metrics.kernels import compile_kernels
 from birefnet.models import load_model
@@ -120,8 +119,7 @@ def evaluate_prediction_folders(
     workers = workers or os.cpu_count() or 1
     results, curves, worst = {}, {}, {}
     compile_kernels()  # once here, so the workers load them from the cache
-    keep_scratch_memory()
-    pool = ProcessPoolExecutor(workers, initializer=keep_scratch_memory) if workers > 1 else None
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
         for set_name in sets:
             samples, problems = find_pairs(data_root, set_name, check_files=False)

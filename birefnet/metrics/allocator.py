@@ -3,10 +3,10 @@
 Scoring a 1024x1024 image allocates and frees some twenty 1 MB maps (HCE's masks, OpenCV's erosions and
 dilations). glibc's malloc adapts its thresholds to the sizes it has seen; depending on what the process allocated
 before, it can settle into trimming the top of the heap after every image, and the next image then faults those
-pages in again: about 3400 page faults and 6-8 ms per image on a 2-vCPU VM (``birefnet bench metrics``, the float
-rows), none once the thresholds are fixed. Fixing them is process-wide, so it happens only once metrics are used
-(the first image scored, a metric object or an evaluation worker created), and it only keeps up to
-:data:`TRIM_BYTES` of freed memory for reuse.
+pages in again: the float rows of ``birefnet bench metrics`` were about 6 ms per 1024x1024 image slower than the
+uint8 rows for that reason, and equal once the thresholds are fixed. Fixing them is process-wide, so it happens
+when the first image is scored (:func:`~birefnet.metrics.functional.image_scores` calls this), and it only keeps up
+to :data:`TRIM_BYTES` of freed memory for reuse.
 """
 
 from __future__ import annotations

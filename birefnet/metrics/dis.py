@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from birefnet.metrics.allocator import keep_scratch_memory
 from birefnet.metrics.functional import HCE_CONVENTIONS, ImageScores, binary_gt, image_scores, quantise, soft_alpha
 from birefnet.metrics.registry import METRICS, MetricSpec
 
@@ -95,7 +94,6 @@ class DISMetrics(Metric):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        keep_scratch_memory()
         if hce_convention not in HCE_CONVENTIONS:
             raise ValueError(f"hce_convention must be one of {HCE_CONVENTIONS}, not {hce_convention!r}.")
         self.with_hce, self.with_boundary, self.hce_convention = with_hce, with_boundary, hce_convention
