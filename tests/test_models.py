@@ -277,8 +277,42 @@ def test_hugging_face_style_safetensors_without_metadata(tmp_path):
         assert (model(data["input.1"]).logits - data["output.1"]).abs().max() <= 1e-4
 
 
+def _trained_like_batchnorm(model: torch.nn.Module) -> None:
+    """Statistics and affine terms away from their initial values, as in a trained network."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+
+
+@pytest.mark.parametrize("family", ["birefnet", "u2netp"])
+def test_fold_batchnorm_keeps_the_function(family):
+    from birefnet.models import U2Net
+    from birefnet.models.blocks import DeformableConv2d
+    from birefnet.models.fusion import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = BiRefNet("pvt_v2_b0") if family == "birefnet" else U2Net("u2netp")
+    _trained_like_batchnorm(model)
+    for m in model.modules():
+        if isinstance(m, DeformableConv2d):  # fractional offsets: the folded kernel runs on real samples
+            torch.nn.init.normal_(m.offset_conv.weight, std=0.05)
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(model)
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x).logits
+        batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        assert fold_batchnorm(model) == batchnorms > 0
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        assert torch.allclose(model(x).logits, before, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kernel", [1, 3, 7])
-def test_grid_sample_deformable_conv_equals_torchvision(kernel):
+def test_deformable_conv_kernels_equal_torchvision(kernel):
     from birefnet.models.blocks import DeformableConv2d
 
     torch.manual_seed(0)
@@ -287,13 +321,15 @@ def test_grid_sample_deformable_conv_equals_torchvision(kernel):
     torch.nn.init.normal_(conv.modulator_conv.weight, std=0.3)
     x = torch.randn(2, 8, 12, 10, requires_grad=True)
     results = []
-    for impl in ("torchvision", "grid_sample"):
+    for impl in ("torchvision", "grid_sample", "gather"):
         conv.impl = impl
         conv.zero_grad()
         x.grad = None
         y = conv(x)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
         grads = (x.grad.clone(), conv.offset_conv.weight.grad.clone(), conv.regular_conv.weight.grad.clone())
+        grads += (conv.modulator_conv.weight.grad.clone(),)
         results.append((y.detach(), *grads))
-    for a, b in zip(*results, strict=True):
-        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)

@@ -272,8 +272,8 @@ class BiRefNet(PretrainedMixin, nn.Module):
         grad_checkpointing: recompute backbone activations in backward to save memory.
         fused_head: compute the final 1x1 head without the full-resolution 240-channel concat (same parameters
             and function; see :meth:`BiRefNetDecoder._fused_head`). ``False`` runs the reference's literal path.
-        deform_impl: deformable convolution kernel: ``"auto"`` (torchvision on CUDA, grid_sample elsewhere),
-            ``"torchvision"`` or ``"grid_sample"`` (same function; see ``blocks.DeformableConv2d``).
+        deform_impl: deformable convolution kernel: ``"auto"`` (torchvision on CUDA, gather elsewhere),
+            ``"torchvision"``, ``"grid_sample"`` or ``"gather"`` (same function; see ``blocks.DeformableConv2d``).
     """
 
     def __init__(

@@ -62,6 +62,8 @@ def _upsample_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 class REBNCONV(nn.Module):
     """3x3 convolution (dilation d, padding d) -> BatchNorm -> ReLU."""
 
+    conv_bn_pairs = (("conv_s1", "bn_s1"),)
+
     def __init__(self, in_ch: int, out_ch: int, dilation: int = 1) -> None:
         super().__init__()
         self.conv_s1 = nn.Conv2d(in_ch, out_ch, 3, padding=dilation, dilation=dilation)
@@ -215,6 +217,8 @@ class ISNet(PretrainedMixin, _NestedUNet):
 
 
 class _ConvBnRelu(nn.Module):
+    conv_bn_pairs = (("conv", "bn"),)
+
     def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1)
