@@ -500,15 +500,19 @@ def bench_predict(
     """``Predictor`` end to end per backend, as ``birefnet predict`` runs it: the setup (the first onnxruntime
     setup exports and caches the graph, the second loads it), ms per image (batch 1, resize and normalisation
     included, median after one warm-up) and, against the first backend, the share of pixels whose mask is within
-    1/255. Random weights (seed 0) saved as a checkpoint with a ``size`` card, or ``checkpoint`` as it is (its
-    cached graph is reused across runs: run once to export, again to measure the cached setup and its memory);
-    the images come from ``source`` (a DIS-layout folder) or are synthetic."""
+    1/255, the share on the same side of 0.5, and the largest difference. A backend may name its precision:
+    ``torch:bf16``. Random weights (seed 0) saved as a checkpoint with a ``size`` card, or ``checkpoint`` run at
+    ``size`` (its cached graph is reused across runs: run once to export, again to measure the cached setup and its
+    memory); the images come from ``source`` (a DIS-layout folder, then each backend's MAE against the ground
+    truth is reported too) or are synthetic."""
     import cv2
 
     from birefnet.models import BiRefNet, U2Net, save_model
     from birefnet.predict import Predictor
 
-    pictures = [cv2.cvtColor(img, cv2.COLOR_BGR2RGB) for img, _ in _sources(source, images)]
+    pairs = list(_sources(source, images))
+    pictures = [cv2.cvtColor(img, cv2.COLOR_BGR2RGB) for img, _ in pairs]
+    truths = [gt.astype(np.float32) / 255 for _, gt in pairs] if source else None
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:
@@ -518,11 +522,12 @@ def bench_predict(
             checkpoint = Path(tmp) / "model.safetensors"
             save_model(net.eval(), checkpoint)
             del net
-        for backend in backends:
+        for name in backends:
+            backend, _, precision = name.partition(":")
             setups = []
             for _ in range(2 if backend == "onnxruntime" else 1):
                 t = time.perf_counter()
-                predictor = Predictor(checkpoint, backend=backend)
+                predictor = Predictor(checkpoint, (size, size), backend=backend, precision=precision or "fp32")
                 setups.append(time.perf_counter() - t)
             predictor.masks(pictures[:1])
             masks, times = [], []
@@ -535,21 +540,32 @@ def bench_predict(
             shape = f"{'x'.join(map(str, card.input_size))} px" if card.input_size else "own size"
             row = {
                 "model": " ".join(v for v in (type(predictor.model).__name__, variant, shape) if v),
-                "backend": backend,
+                "backend": name,
                 "setup s (first, cached)": ", ".join(f"{s:.1f}" for s in setups),
                 "ms / image": statistics.median(times),
                 "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             }
+            if truths is not None:
+                row["MAE vs GT"] = float(np.mean([np.abs(m - g).mean() for m, g in zip(masks, truths, strict=True)]))
             if reference is None:
                 reference = masks
             else:
-                close = [np.abs(a - b) <= 1 / 255 for a, b in zip(reference, masks, strict=True)]
-                row[f"% px within 1/255 of {backends[0]}"] = 100 * float(
-                    np.concatenate([c.ravel() for c in close]).mean()
-                )
+                row.update(mask_agreement(reference, masks, backends[0]))
             rows.append(row)
             del predictor
     return rows
+
+
+def mask_agreement(reference: list[np.ndarray], masks: list[np.ndarray], name: str) -> dict[str, float]:
+    """How closely probability maps follow ``reference`` (pixels pooled over all images): the share within
+    1/255, the share on the same side of 0.5 (the binarised masks agree), and the largest difference."""
+    diff = np.concatenate([np.abs(a - b).ravel() for a, b in zip(reference, masks, strict=True)])
+    same_side = np.concatenate([((a >= 0.5) == (b >= 0.5)).ravel() for a, b in zip(reference, masks, strict=True)])
+    return {
+        f"% px within 1/255 of {name}": 100 * float((diff <= 1 / 255).mean()),
+        "% px same side of 0.5": 100 * float(same_side.mean()),
+        "max |diff|": float(diff.max()),
+    }
 
 
 # -- data ----------------------------------------------------------------------------------------------------
@@ -632,7 +648,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--decoder-attention", default="ASPPDeformable")
     m.add_argument("--channels-last", action="store_true")
     m.add_argument("--grad-checkpointing", action="store_true")
-    m.add_argument("--deform-impl", default="auto", choices=["auto", "torchvision", "grid_sample"])
+    m.add_argument("--deform-impl", default="auto", choices=["auto", "torchvision", "grid_sample", "gather"])
     m.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="inference runtime")
     m.add_argument("--profile", action="store_true", help="print the operator profile of one inference")
     mt = sub.add_parser("metrics", help="metric suite vs PySODMetrics")
@@ -658,7 +674,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pr.add_argument("--size", type=int, default=512)
     pr.add_argument("--images", type=int, default=10)
     pr.add_argument("--source", default=None, help="a DIS-layout folder (im/, gt/); default: synthetic images")
-    pr.add_argument("--backends", type=_modes, default=("torch", "onnxruntime"), help="comma list; first = reference")
+    pr.add_argument(
+        "--backends",
+        type=_modes,
+        default=("torch", "onnxruntime"),
+        help="comma list of backend[:precision] (torch:bf16); the first is the reference",
+    )
     pr.add_argument("--checkpoint", default=None, help="a weights file instead of random weights")
     d = sub.add_parser("data", help="training data pipeline throughput")
     d.set_defaults(run=bench_data)

@@ -32,11 +32,14 @@ def test_model_bench_tiny_cpu(tmp_path):
 
 def test_predict_bench_compares_the_backends_masks(tmp_path):
     sample = ROOT / "data" / "sample" / "ECSSD-TE"
-    rows = bench(tmp_path, "predict", "--model", "u2netp", "--size", "64", "--images", "2", "--source", str(sample))
-    assert [r["backend"] for r in rows] == ["torch", "onnxruntime"] and rows[0]["model"] == "U2Net u2netp 64x64 px"
-    assert all(r["ms / image"] > 0 for r in rows)
+    backends = "torch,onnxruntime,torch:bf16"
+    args = ("--model", "u2netp", "--size", "64", "--images", "2", "--source", str(sample), "--backends", backends)
+    rows = bench(tmp_path, "predict", *args)
+    assert [r["backend"] for r in rows] == backends.split(",") and rows[0]["model"] == "U2Net u2netp 64x64 px"
+    assert all(r["ms / image"] > 0 and 0 < r["MAE vs GT"] < 1 for r in rows)
     first, cached = (float(s) for s in rows[1]["setup s (first, cached)"].split(", "))
     assert rows[1]["% px within 1/255 of torch"] >= 99.9 and cached < first  # the second setup loads the graph
+    assert rows[2]["max |diff|"] > 0 and rows[2]["% px same side of 0.5"] > 0  # bf16 differs, and is compared
 
 
 def test_metrics_parts_memory_and_data_bench_small(tmp_path):

@@ -283,6 +283,30 @@ def test_onnxruntime_backend_equals_eager_masks_and_caches_its_graph(tmp_path, c
     assert np.abs(rebuilt.masks(images[:1])[0] - again).max() <= 1 / 255
 
 
+def test_bf16_on_cpu_runs_the_folded_network_cast_to_bf16(tmp_path, caplog):
+    """--precision bf16 on a CPU: BatchNorm folded, every weight in bf16 (the deformable convolutions too), and
+    masks within 1/255 of fp32's on >= 99.9 % of pixels."""
+    from birefnet.bench import mask_agreement
+    from birefnet.models.blocks import DeformableConv2d
+
+    torch.manual_seed(0)
+    model = BiRefNet("pvt_v2_b0")
+    for m in model.modules():
+        if isinstance(m, DeformableConv2d):  # fractional sample positions
+            torch.nn.init.normal_(m.offset_conv.weight, std=0.05)
+    path = tmp_path / "m.safetensors"
+    save_model(model.eval(), path)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((SAMPLE / "ECSSD-TE" / "im").glob("*.jpg"))]
+    fp32 = Predictor(path, size=(64, 64), backend="torch")
+    with caplog.at_level("INFO", logger="birefnet"):
+        bf16 = Predictor(path, size=(64, 64), precision="bf16")
+    assert bf16.backend == "torch" and bf16.cast == torch.bfloat16 and "BatchNorms folded" in caplog.text
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bf16.model.modules())
+    agreement = mask_agreement(fp32.masks(images), bf16.masks(images), "fp32")
+    assert agreement["% px within 1/255 of fp32"] >= 99.9
+
+
 def test_a_failed_export_leaves_no_graph_behind(tmp_path, monkeypatch):
     from birefnet import export
     from birefnet.backends import OnnxRuntimeRunner
