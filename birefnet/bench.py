@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -114,8 +115,14 @@ def bench_model(
     deform_impl: str = "auto",
     backend: str = "torch",
     profile: bool = False,
+    cast: bool = False,
+    int8: bool = False,
 ) -> list[dict]:
     """Time the training step and/or inference of one configuration; returns table rows.
+
+    ``cast=True`` (inference only) runs the network itself in ``precision`` with its BatchNorms folded, as
+    ``Predictor`` runs bf16 on a CPU, instead of fp32 weights under autocast. ``int8=True`` (onnxruntime only)
+    quantises the graph's MatMul and Gemm weights to int8 with onnxruntime's dynamic quantisation.
 
     ``profile=True`` prints ``torch.profiler``'s operator table of one more inference (torch backend).
     ``backend="onnxruntime"`` times inference of the exported graph (fp32, fixed size) in onnxruntime's CPU
@@ -129,8 +136,10 @@ def bench_model(
 
     if backend not in ("torch", "onnxruntime"):
         raise ValueError(f"backend must be 'torch' or 'onnxruntime', not {backend!r}.")
-    if backend == "onnxruntime" and tuple(modes) != ("infer",):
-        raise ValueError("the onnxruntime backend runs inference only: pass --modes infer.")
+    if int8 and backend != "onnxruntime":
+        raise ValueError("--int8 quantises the onnxruntime graph: pass --backend onnxruntime.")
+    if (backend == "onnxruntime" or cast) and tuple(modes) != ("infer",):
+        raise ValueError("the onnxruntime backend and --cast run inference only: pass --modes infer.")
     device = torch.device("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu")
     defaults = ("swin_v1_l", 1024, 4, 10) if device.type == "cuda" else ("pvt_v2_b0", 256, 2, 3)
     backbone, size, batch, iters = (v if v is not None else d for v, d in zip((backbone, size, batch, iters), defaults))
@@ -169,12 +178,14 @@ def bench_model(
             "model": name,
             "backend": backend,
             "mode": mode,
-            "precision": "fp32" if backend == "onnxruntime" else precision,
+            "precision": ("int8 MatMul" if int8 else "fp32") if backend == "onnxruntime" else precision,
             "compile": compile,
+            "cast": cast,
             "size": size,
             "batch": batch,
             "ms": ms,
             "images/s": batch / ms * 1000,
+            "GFLOP / image": flop_factor * flops / batch / 1e9,
             "TFLOP/s": flop_factor * flops / ms / 1e9,
             "peak GB": peak,
             "peak RSS GB": rss,
@@ -196,9 +207,15 @@ def bench_model(
 
         rows.append(row("train", step, 3))  # backward ~ 2x forward
     if "infer" in modes and backend == "onnxruntime":
-        rows.append(row("infer", _onnxruntime_runner(net.eval(), x), 1))
+        rows.append(row("infer", _onnxruntime_runner(net.eval(), x, int8), 1))
     elif "infer" in modes:
         net.eval()
+        if cast:
+            from birefnet.models.fusion import fold_batchnorm
+
+            fold_batchnorm(net)
+            net.to(dtype)
+            x, autocast = x.to(dtype), False
 
         def infer() -> None:
             with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
@@ -212,14 +229,41 @@ def bench_model(
     return rows
 
 
-def _onnxruntime_runner(net: torch.nn.Module, x: torch.Tensor):
-    """A function running ``x`` through ``net`` exported to ONNX, in onnxruntime on the CPU."""
+def bench_peak(n: int = 2048, iters: int = 5) -> list[dict]:
+    """GFLOP/s of an ``n``-cubed matrix product per dtype with torch's threads: the most a model's GEMMs and
+    convolutions can reach on this machine. A model's GFLOP (``bench model``'s TFLOP/s times ms) over this
+    figure is its time floor in that dtype."""
+    rows = []
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        times = _Timer(torch.device("cpu")).time(lambda a=a, b=b: a @ b, 2, iters)
+        ms = statistics.median(times)
+        threads = torch.get_num_threads()
+        rows.append({"dtype": name, "n": n, "threads": threads, "ms": ms, "GFLOP/s": 2 * n**3 / ms / 1e6})
+    return rows
+
+
+def _onnxruntime_runner(net: torch.nn.Module, x: torch.Tensor, int8: bool = False):
+    """A function running ``x`` through ``net`` exported to ONNX, in onnxruntime on the CPU (``int8``: with the
+    MatMul and Gemm weights dynamically quantised to int8)."""
     import onnxruntime as ort
 
     from birefnet.export import export_onnx
 
     path = Path(tempfile.mkdtemp()) / "model.onnx"
     export_onnx(net, path, tuple(x.shape[-2:]), dynamic_size=False, check=False)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantized = path.with_name("model.int8.onnx")
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process (shape inference) is noise here
+        try:
+            quantize_dynamic(path, quantized, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+        path = quantized
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -651,6 +695,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--deform-impl", default="auto", choices=["auto", "torchvision", "grid_sample", "gather"])
     m.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="inference runtime")
     m.add_argument("--profile", action="store_true", help="print the operator profile of one inference")
+    m.add_argument("--cast", action="store_true", help="inference with the network cast to --precision, BN folded")
+    m.add_argument("--int8", action="store_true", help="onnxruntime: MatMul/Gemm weights dynamically quantised")
+    pk = sub.add_parser("peak", help="matrix-product throughput per dtype: the ceiling for the model benches")
+    pk.set_defaults(run=bench_peak)
+    pk.add_argument("--n", type=int, default=2048)
     mt = sub.add_parser("metrics", help="metric suite vs PySODMetrics")
     mt.set_defaults(run=bench_metrics)
     mt.add_argument("--images", type=int, default=20)
@@ -685,7 +734,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.set_defaults(run=bench_data)
     d.add_argument("--samples", type=int, default=60)
     d.add_argument("--source", default=None, help="a DIS-layout folder (im/, gt/); default: synthetic images")
-    for p in (m, mt, parts, mem, pr, d):
+    for p in (m, pk, mt, parts, mem, pr, d):
         p.add_argument("--json", default=None, help="write the rows here")
 
 

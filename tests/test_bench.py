@@ -28,6 +28,16 @@ def test_model_bench_tiny_cpu(tmp_path):
     assert rows[0]["model"] == "U2-Netp" and rows[0]["params M"] < 1.2 and len(rows) == 1
     rows = bench(tmp_path, "model", "--model", "u2netp", "--modes", "infer", "--backend", "onnxruntime", *common)
     assert rows[0]["backend"] == "onnxruntime" and rows[0]["ms"] > 0 and rows[0]["peak RSS GB"] > 0
+    args = ("--backbone", "pvt_v2_b0", "--decoder-attention", "", "--modes", "infer", "--backend", "onnxruntime")
+    rows = bench(tmp_path, "model", *args, "--int8", *common)
+    assert rows[0]["precision"] == "int8 MatMul" and rows[0]["ms"] > 0
+    rows = bench(tmp_path, "model", "--model", "u2netp", "--modes", "infer", "--precision", "bf16", "--cast", *common)
+    assert rows[0]["cast"] and rows[0]["precision"] == "bf16" and rows[0]["GFLOP / image"] > 0
+
+
+def test_peak_bench_reports_both_dtypes(tmp_path):
+    rows = bench(tmp_path, "peak", "--n", "256")
+    assert [r["dtype"] for r in rows] == ["fp32", "bf16"] and all(r["GFLOP/s"] > 0 for r in rows)
 
 
 def test_predict_bench_compares_the_backends_masks(tmp_path):

@@ -124,16 +124,17 @@ def deform_conv2d_gather(
     hp, wp = h + 2, w + 2
 
     def padded(coord: torch.Tensor, limit: int) -> torch.Tensor:
-        return (coord.clamp(-1, limit) + 1).to(torch.int32)
+        return (coord.clamp(-1, limit) + 1).long()
 
-    base = (torch.arange(b, device=device, dtype=torch.int32) * (hp * wp)).view(b, 1, 1, 1)
+    base = (torch.arange(b, device=device) * (hp * wp)).view(b, 1, 1, 1)
     row0, row1 = base + padded(y0, h) * wp, base + padded(y0 + 1, h) * wp
     col0, col1 = padded(x0, w), padded(x0 + 1, w)
     modulation = mask.float().view(b, taps, h, w).permute(0, 2, 3, 1)
     top, bottom = (1.0 - fy) * modulation, fy * modulation
     index = torch.stack([row0 + col0, row0 + col1, row1 + col0, row1 + col1], dim=-1)
     weights = torch.stack([top * (1.0 - fx), top * fx, bottom * (1.0 - fx), bottom * fx], dim=-1)
-    table = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).reshape(b * hp * wp, c)
+    # rows must be contiguous channel vectors: embedding_bag's fast kernel needs a row-major table
+    table = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous().view(b * hp * wp, c)
     samples = F.embedding_bag(
         index.view(-1, 4), table, per_sample_weights=weights.view(-1, 4).to(x.dtype), mode="sum"
     )  # (b * h * w * taps, c): rows (position, tap), channels contiguous
