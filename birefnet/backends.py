@@ -1,8 +1,11 @@
-"""Inference backends of :class:`birefnet.predict.Predictor`: eager PyTorch, or the model's ONNX graph in onnxruntime.
+"""Inference paths of :class:`birefnet.predict.Predictor`: eager PyTorch (fp32, or the network cast to bf16), or the
+model's ONNX graph in onnxruntime.
 
-On a CPU, onnxruntime runs the exported graph faster than eager PyTorch for every model measured
-(``docs/benchmarks.md``: 1.3-1.5x for BiRefNet Swin-V1-T 512 px, Swin-V1-L 1024 px, U2-Net 320 px), so
-``backend="auto"`` picks it there when onnxruntime is installed (the ``onnx`` extra). For models above
+On a CPU with native bf16 (AVX-512 BF16 or AMX), the network cast to bf16 with its BatchNorms folded is the
+fastest path measured, and its masks stay within 1/255 of fp32 on >= 99.9 % of pixels (``docs/benchmarks.md``:
+BiRefNet Swin-V1-T at 512 px on ECSSD-TE, 1.9x faster than eager fp32), so ``precision="auto"`` takes it there.
+In fp32, onnxruntime runs the exported graph faster than eager PyTorch for every model measured (1.2-1.5x), so
+``backend="auto"`` picks it when onnxruntime is installed (the ``onnx`` extra). For models above
 :data:`LARGE_MODEL_PARAMETERS` it keeps PyTorch: onnxruntime's memory arena holds far more (BiRefNet Swin-V1-L at
 1024 px: 6.2 GB peak against 3.8 GB), and the speed is one flag away. PyTorch also runs on GPUs.
 
@@ -32,9 +35,10 @@ from birefnet.errors import UserError
 
 log = logging.getLogger("birefnet")
 
-__all__ = ["BACKENDS", "OnnxRuntimeRunner", "choose_backend", "graph_cache_path"]
+__all__ = ["BACKENDS", "PRECISIONS", "OnnxRuntimeRunner", "choose_backend", "choose_path", "graph_cache_path"]
 
 BACKENDS = ("auto", "torch", "onnxruntime")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 #: ``auto`` keeps PyTorch on a CPU for models with more parameters than this (BiRefNet Swin-V1-L has 220 M).
 LARGE_MODEL_PARAMETERS = 100_000_000
@@ -69,6 +73,45 @@ def choose_backend(requested: str, device: torch.device, parameters: int = 0) ->
             "1.3x faster and holds about 2.4 GB more (docs/benchmarks.md)"
         )
     return "onnxruntime", "the fastest measured on CPU (docs/benchmarks.md)"
+
+
+def native_bf16() -> bool:
+    """The CPU computes bf16 products in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def choose_path(
+    backend: str, precision: str, device: torch.device, parameters: int = 0, loaded: bool = True, compiled: bool = False
+) -> tuple[str, str, str]:
+    """``(backend, precision, reason)`` for what was asked (``backend`` of :data:`BACKENDS`, ``precision`` of
+    :data:`PRECISIONS`) on ``device``, for a model of ``parameters`` parameters that the caller ``loaded`` from a
+    checkpoint (else a model object it was given) and may ``compile``.
+
+    ``precision="auto"``: fp16 on a GPU; on a CPU with native bf16, the network cast to bf16 in PyTorch (the
+    fastest path measured there, masks within 1/255 of fp32 on >= 99.9 % of pixels: docs/benchmarks.md) when the
+    backend is not fixed to onnxruntime, the model was loaded here (a given model object is not cast) and it is not
+    compiled; otherwise fp32, with the backend chosen by :func:`choose_backend`.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}.")
+    if precision == "auto":
+        if device.type != "cpu":
+            precision = "fp16"
+        elif backend in ("auto", "torch") and loaded and not compiled and native_bf16():
+            reason = "the fastest measured on a CPU with native bf16: the network cast to bf16 (docs/benchmarks.md)"
+            return "torch", "bf16", reason
+        else:
+            precision = "fp32"
+    if precision != "fp32" or compiled:
+        what = f"{precision}{' with torch.compile' if compiled else ''}"
+        if backend == "onnxruntime":
+            raise UserError(f"The onnxruntime backend runs the fp32 graph, not {what}: drop --precision / --compile.")
+        return "torch", precision, what
+    if backend == "auto" and not loaded:
+        return "torch", precision, "a model object: no checkpoint file to cache its graph for"
+    chosen, reason = choose_backend(backend, device, parameters)
+    return chosen, precision, reason
 
 
 def _digest(path: Path) -> str:

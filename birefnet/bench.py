@@ -568,10 +568,11 @@ def bench_predict(
             del net
         for name in backends:
             backend, _, precision = name.partition(":")
+            precision = precision or ("auto" if backend == "auto" else "fp32")
             setups = []
             for _ in range(2 if backend == "onnxruntime" else 1):
                 t = time.perf_counter()
-                predictor = Predictor(checkpoint, (size, size), backend=backend, precision=precision or "fp32")
+                predictor = Predictor(checkpoint, (size, size), backend=backend, precision=precision)
                 setups.append(time.perf_counter() - t)
             predictor.masks(pictures[:1])
             masks, times = [], []

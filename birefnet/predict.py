@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from birefnet.atomic import remove_partials
-from birefnet.backends import BACKENDS, OnnxRuntimeRunner, choose_backend, torch_runner
+from birefnet.backends import BACKENDS, PRECISIONS, OnnxRuntimeRunner, choose_path, torch_runner
 from birefnet.data.io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -177,20 +177,23 @@ class Predictor:
             checkpoint, the official model's size, or the family default); ``"original"`` = each image's size
             rounded to the card's divisor.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``: autocast on the device, except bf16 on a CPU for a model
-            loaded from ``checkpoint``: its BatchNorms are folded into the convolutions and the whole network is
-            cast to bf16, deformable convolutions included (faster than autocast, which keeps them in fp32).
+        precision: ``"auto"``, ``"fp32"``, ``"fp16"`` or ``"bf16"``: autocast on the device, except bf16 on a CPU
+            for a model loaded from ``checkpoint``: its BatchNorms are folded into the convolutions and the whole
+            network is cast to bf16, deformable convolutions included (faster than autocast, which keeps them in
+            fp32). ``"auto"``: fp16 on a GPU; on a CPU bf16 when it has native bf16 and the model is loaded here
+            and not compiled, else fp32 (:func:`birefnet.backends.choose_path`).
         model: an already built model to use instead of loading ``checkpoint``.
         compile: ``torch.compile`` options for the network (e.g. ``{"mode": "reduce-overhead"}``: CUDA graphs for
             fixed-size inference), or ``None`` for eager execution.
         preprocessing: a card that replaces the model's, or a dict of the fields to change
             (``{"normalization": "isnet"}``).
         backend: ``"torch"``, ``"onnxruntime"`` (CPU, fp32: the exported graph, cached per checkpoint; see
-            :mod:`birefnet.backends`) or ``"auto"``: onnxruntime for a checkpoint in fp32 on a CPU when it is
-            installed, no ``compile`` is asked for and the model has at most 100 M parameters (the fastest there by
-            measurement; larger models keep torch's lower peak memory), else torch. The choice
-            is logged and kept in :attr:`backend`. With onnxruntime, a model loaded from ``checkpoint`` keeps no
-            PyTorch weights (``model`` is on the ``meta`` device; its ``config`` and card stay).
+            :mod:`birefnet.backends`) or ``"auto"``: for fp32 on a CPU, onnxruntime when it is installed, no
+            ``compile`` is asked for and the model has at most 100 M parameters (the fastest fp32 path there by
+            measurement; larger models keep torch's lower peak memory), else torch. The choice and its reason
+            are logged and kept in :attr:`backend` and :attr:`precision`. With onnxruntime, a model loaded from
+            ``checkpoint`` keeps no PyTorch weights (``model`` is on the ``meta`` device; its ``config`` and card
+            stay).
     """
 
     def __init__(
@@ -198,7 +201,7 @@ class Predictor:
         checkpoint: str | Path | None = None,
         size: tuple[int, int] | str | None = None,
         device: str = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
         model: torch.nn.Module | None = None,
         compile: dict | None = None,
         preprocessing: PreprocessingCard | dict | None = None,
@@ -212,25 +215,19 @@ class Predictor:
         self.model = (model if model is not None else load_model(checkpoint)).to(self.device).eval()
         self.card, asked = model_card(self.model).override(preprocessing, size)
         log.info("Predicting with %s (the model's card%s).", self.card.describe(), f" with {asked}" if asked else "")
-        self.precision = precision
-        self.dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        parameters = sum(p.numel() for p in self.model.parameters())
+        self.backend, self.precision, why = choose_path(
+            backend, precision, self.device, parameters, loaded=model is None, compiled=compile is not None
+        )
+        self.dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
         # the network itself in bf16 (None: fp32 weights, autocast when self.dtype is set)
         self.cast: torch.dtype | None = None
-        if precision == "bf16" and self.device.type == "cpu" and model is None and backend in ("auto", "torch"):
+        if self.precision == "bf16" and self.device.type == "cpu" and model is None:
             folded = fold_batchnorm(self.model)
             self.model.to(torch.bfloat16)
             self.cast = torch.bfloat16
             log.info("bf16 on CPU: %d BatchNorms folded, the network cast to bf16.", folded)
-        if backend == "auto" and (precision != "fp32" or compile is not None):
-            self.backend, why = "torch", f"{precision}{' with torch.compile' if compile is not None else ''}"
-        elif backend == "auto" and model is not None:
-            self.backend, why = "torch", "a model object: no checkpoint file to cache its graph for"
-        else:
-            parameters = sum(p.numel() for p in self.model.parameters())
-            self.backend, why = choose_backend(backend, self.device, parameters)
         if self.backend == "onnxruntime":
-            if precision != "fp32" or compile is not None:
-                raise UserError("The onnxruntime backend runs the fp32 graph: drop --precision / --compile.")
             weights = resolve_weights(checkpoint) if model is None else None
             self.logits = OnnxRuntimeRunner(
                 self.model,
@@ -240,7 +237,7 @@ class Predictor:
             )
         else:
             self.logits = torch_runner(self.model, compile)
-        log.info("Backend: %s (%s).", self.backend, why)
+        log.info("Backend: %s, %s (%s).", self.backend, self.precision, why)
 
     def _to_tensor(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         x = cv2.resize(image, (size[1], size[0]), interpolation=self.card.cv2_interpolation)
@@ -478,7 +475,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
-        "--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, fp32 on CPU"
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: fp16 on CUDA; on a CPU bf16 where it has native bf16 (AVX-512 BF16 / AMX), else fp32",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace this tool's existing outputs")
     parser.add_argument(
@@ -504,8 +504,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         default="auto",
         choices=BACKENDS,
-        help="auto: onnxruntime for fp32 on a CPU when installed (the exported graph, cached next to the "
-        "checkpoint; the fastest measured there), else torch",
+        help="auto: for fp32 on a CPU onnxruntime when installed (the exported graph, cached next to the "
+        "checkpoint; the fastest fp32 path measured there), else torch",
     )
 
 
@@ -521,12 +521,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 1
     # the plan is checked before the model loads: a conflict costs no time
     plan_outputs(inputs, args.output, args.outputs, args.overwrite, args.keep_extension)
-    precision = args.precision or ("fp16" if torch.cuda.is_available() and args.device in ("auto", "cuda") else "fp32")
     predictor = Predictor(
         args.checkpoint,
         args.size,
         args.device,
-        precision,
+        args.precision,
         compile={"mode": args.compile} if args.compile else None,
         preprocessing={"normalization": args.preprocessing} if args.preprocessing else None,
         backend=args.backend,

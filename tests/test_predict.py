@@ -220,7 +220,7 @@ def test_cli_export_onnx(tiny_checkpoint, tmp_path):
 
 def test_compiled_predictor_gives_the_same_masks(tiny_checkpoint):
     image = np.asarray(Image.open(SAMPLE / "ECSSD-TE" / "im" / "0005.jpg").convert("RGB"))
-    eager = Predictor(tiny_checkpoint, size=(64, 64), backend="torch").masks([image])[0]
+    eager = Predictor(tiny_checkpoint, size=(64, 64), backend="torch", precision="fp32").masks([image])[0]
     compiled = Predictor(tiny_checkpoint, size=(64, 64), compile={"backend": "eager"}).masks([image])[0]
     assert np.allclose(eager, compiled, atol=1e-6)
 
@@ -249,6 +249,19 @@ def test_backend_choice_follows_device_precision_and_what_is_installed(monkeypat
     assert backends.choose_backend("onnxruntime", cpu, parameters=220_000_000)[0] == "onnxruntime"
     with pytest.raises(UserError, match="CPU"):
         backends.choose_backend("onnxruntime", cuda)
+    # precision "auto": bf16 in PyTorch on a CPU with native bf16, for a model loaded from a checkpoint
+    monkeypatch.setattr(backends, "native_bf16", lambda: True)
+    assert backends.choose_path("auto", "auto", cpu)[:2] == ("torch", "bf16")
+    assert backends.choose_path("auto", "auto", cpu, parameters=220_000_000)[:2] == ("torch", "bf16")
+    assert backends.choose_path("onnxruntime", "auto", cpu)[:2] == ("onnxruntime", "fp32")
+    assert backends.choose_path("auto", "auto", cpu, compiled=True)[:2] == ("torch", "fp32")
+    assert backends.choose_path("auto", "auto", cpu, loaded=False)[:2] == ("torch", "fp32")  # not cast: not ours
+    assert backends.choose_path("auto", "auto", cuda)[:2] == ("torch", "fp16")
+    assert backends.choose_path("auto", "fp32", cpu)[:2] == ("onnxruntime", "fp32")
+    with pytest.raises(UserError, match="fp32 graph"):
+        backends.choose_path("onnxruntime", "bf16", cpu)
+    monkeypatch.setattr(backends, "native_bf16", lambda: False)  # emulated bf16 is slow: the fastest fp32 path
+    assert backends.choose_path("auto", "auto", cpu)[:2] == ("onnxruntime", "fp32")
     monkeypatch.setattr(backends, "onnxruntime_available", lambda: False)
     backend, why = backends.choose_backend("auto", cpu)
     assert backend == "torch" and "birefnet[onnx]" in why
@@ -263,23 +276,23 @@ def test_onnxruntime_backend_equals_eager_masks_and_caches_its_graph(tmp_path, c
     path = tmp_path / "m.safetensors"
     save_model(BiRefNet("pvt_v2_b0").eval(), path)  # with the deformable ASPP (ONNX DeformConv)
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((SAMPLE / "ECSSD-TE" / "im").glob("*.jpg"))]
-    eager = Predictor(path, size=(64, 64), backend="torch")
+    eager = Predictor(path, size=(64, 64), backend="torch", precision="fp32")
     with caplog.at_level("INFO", logger="birefnet"):
-        fast = Predictor(path, size=(64, 64))
-    assert fast.backend == "onnxruntime" and not fast.logits.cached and "Backend: onnxruntime" in caplog.text
+        fast = Predictor(path, size=(64, 64), precision="fp32")
+    assert fast.backend == "onnxruntime" and not fast.logits.cached and "Backend: onnxruntime, fp32" in caplog.text
     close = [np.abs(a - b) <= 1 / 255 for a, b in zip(eager.masks(images), fast.masks(images), strict=True)]
     assert np.concatenate([c.ravel() for c in close]).mean() >= 0.999
     graphs = sorted(p.name for p in tmp_path.glob("*.onnx"))
     assert len(graphs) == 1 and graphs[0].startswith("m.") and graphs[0].count(".") == 2
     assert next(fast.model.parameters()).is_meta  # the weights are held once, by onnxruntime
 
-    assert Predictor(path, size=(64, 64)).logits.cached  # the second run loads the graph
+    assert Predictor(path, size=(64, 64), precision="fp32").logits.cached  # the second run loads the graph
     torch.manual_seed(1)
     save_model(BiRefNet("pvt_v2_b0").eval(), path)  # new weights, same file name
-    rebuilt = Predictor(path, size=(64, 64))
+    rebuilt = Predictor(path, size=(64, 64), precision="fp32")
     assert not rebuilt.logits.cached
     assert [p.name for p in tmp_path.glob("*.onnx")] == [rebuilt.logits.path.name] != graphs
-    again = Predictor(path, size=(64, 64), backend="torch").masks(images[:1])[0]
+    again = Predictor(path, size=(64, 64), backend="torch", precision="fp32").masks(images[:1])[0]
     assert np.abs(rebuilt.masks(images[:1])[0] - again).max() <= 1 / 255
 
 
@@ -297,7 +310,7 @@ def test_bf16_on_cpu_runs_the_folded_network_cast_to_bf16(tmp_path, caplog):
     path = tmp_path / "m.safetensors"
     save_model(model.eval(), path)
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((SAMPLE / "ECSSD-TE" / "im").glob("*.jpg"))]
-    fp32 = Predictor(path, size=(64, 64), backend="torch")
+    fp32 = Predictor(path, size=(64, 64), backend="torch", precision="fp32")
     with caplog.at_level("INFO", logger="birefnet"):
         bf16 = Predictor(path, size=(64, 64), precision="bf16")
     assert bf16.backend == "torch" and bf16.cast == torch.bfloat16 and "BatchNorms folded" in caplog.text
