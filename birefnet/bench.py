@@ -211,10 +211,9 @@ def bench_model(
     elif "infer" in modes:
         net.eval()
         if cast:
-            from birefnet.models.fusion import fold_batchnorm
+            from birefnet.models.fusion import cast_for_inference
 
-            fold_batchnorm(net)
-            net.to(dtype)
+            cast_for_inference(net, dtype)
             x, autocast = x.to(dtype), False
 
         def infer() -> None:

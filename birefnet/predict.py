@@ -37,7 +37,7 @@ from birefnet.errors import UserError, exit_on_user_error
 from birefnet.models import load_model
 from birefnet.models.blocks import resize
 from birefnet.models.checkpoint import model_card
-from birefnet.models.fusion import fold_batchnorm
+from birefnet.models.fusion import cast_for_inference
 from birefnet.models.hub import resolve_weights
 from birefnet.preprocessing import NORMALIZATIONS, PreprocessingCard, normalize
 
@@ -223,8 +223,7 @@ class Predictor:
         # the network itself in bf16 (None: fp32 weights, autocast when self.dtype is set)
         self.cast: torch.dtype | None = None
         if self.precision == "bf16" and self.device.type == "cpu" and model is None:
-            folded = fold_batchnorm(self.model)
-            self.model.to(torch.bfloat16)
+            folded = cast_for_inference(self.model, torch.bfloat16)
             self.cast = torch.bfloat16
             log.info("bf16 on CPU: %d BatchNorms folded, the network cast to bf16.", folded)
         if self.backend == "onnxruntime":

@@ -14,14 +14,15 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-__all__ = ["fold_batchnorm"]
+from birefnet.models.blocks import DeformableConv2d
+
+__all__ = ["cast_for_inference", "fold_batchnorm"]
 
 
 def _conv_of(module: nn.Module) -> nn.Conv2d | None:
-    if isinstance(module, nn.Conv2d):
-        return module
-    regular = getattr(module, "regular_conv", None)  # DeformableConv2d
-    return regular if isinstance(regular, nn.Conv2d) else None
+    if isinstance(module, DeformableConv2d):
+        return module.regular_conv
+    return module if isinstance(module, nn.Conv2d) else None
 
 
 def _foldable(bn: nn.Module) -> bool:
@@ -58,4 +59,12 @@ def fold_batchnorm(model: nn.Module) -> int:
             _fold(conv, bn)
             setattr(module, bn_name, nn.Identity())
             folded += 1
+    return folded
+
+
+def cast_for_inference(model: nn.Module, dtype: torch.dtype) -> int:
+    """Fold the BatchNorms of an eval-mode ``model`` (in fp32), then cast it to ``dtype``, in place: how the network
+    runs in bf16 on a CPU (its deformable convolutions then run in ``dtype`` too). Returns the folded count."""
+    folded = fold_batchnorm(model)
+    model.to(dtype)
     return folded
