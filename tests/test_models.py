@@ -333,3 +333,26 @@ def test_deformable_conv_kernels_equal_torchvision(kernel):
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_pointwise_conv_equals_conv2d_and_keeps_the_layout(layout, with_bias):
+    import torch.nn.functional as F
+
+    from birefnet.models.blocks import pointwise_conv
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 5, 7).to(memory_format=layout).requires_grad_()
+    weight = torch.randn(6, 16, 1, 1)[:, 2:14].requires_grad_()  # a channel slice, as the ASPP fusion passes
+    bias = torch.randn(6, requires_grad=True) if with_bias else None
+    results = []
+    for conv in (pointwise_conv, F.conv2d):
+        y = conv(x, weight, bias)
+        tensors = (x, weight) + ((bias,) if with_bias else ())
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), tensors)
+        results.append((y.detach(), *grads))
+        if conv is pointwise_conv:
+            assert y.is_contiguous(memory_format=layout)
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)

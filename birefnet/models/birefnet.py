@@ -26,6 +26,7 @@ from birefnet.models.blocks import (
     NormLayer,
     ResBlk,
     SimpleConvs,
+    pointwise_conv,
     resize,
     set_deform_impl,
 )
@@ -225,20 +226,42 @@ class BiRefNetDecoder(nn.Module):
 
         ``conv_out1`` is a 1x1 convolution, so it splits over the concatenated channels; it commutes with the
         (per-channel, linear) bilinear upsampling, so its ``p1`` part runs at 1/4 resolution on C channels and
-        only the 1-channel result is upsampled; and its image-patch part folds into ``ipt_blk1.conv_out``
-        (a 3x3 convolution followed by a 1x1 one is one 3x3 convolution). Same parameters, same function
-        (to float rounding); no 240-channel full-resolution tensor is created or kept for backward.
+        only the 1-channel result is upsampled. Its image-patch part is :meth:`_image_logits`. Same parameters,
+        same function (to float rounding); no 240-channel full-resolution tensor is created or kept for backward.
         """
         weight, bias = self.conv_out1[0].weight, self.conv_out1[0].bias
         c = p1.shape[1]
-        logits = resize(F.conv2d(p1, weight[:, :c]), image.shape[2:])
+        logits = resize(pointwise_conv(p1, weight[:, :c]), image.shape[2:])
         if self.image_patches:
-            ipt = self.ipt_blk1
-            w_img = weight[:, c:]  # 1 x 48 x 1 x 1
-            folded_w = torch.einsum("oc,cikl->oikl", w_img[:, :, 0, 0], ipt.conv_out.weight)
-            folded_b = w_img[:, :, 0, 0] @ ipt.conv_out.bias
-            logits = logits + F.conv2d(ipt.conv1(image), folded_w, folded_b, padding=1)
+            logits = logits + self._image_logits(image, weight[:, c:, 0, 0])
         return logits + bias.view(1, -1, 1, 1)
+
+    def _image_logits(self, image: torch.Tensor, head_weight: torch.Tensor) -> torch.Tensor:
+        """``head_weight`` (the 1x1 head on ``ipt_blk1``'s channels) applied to ``ipt_blk1(image)``, as one 5x5
+        convolution of the image.
+
+        The 1x1 head folds into ``ipt_blk1.conv_out`` (a 3x3 convolution to one channel), and two 3x3
+        convolutions compose into one 5x5 convolution of the 3-channel image with a constant bias. The composition
+        is exact wherever the inner map's zero padding is not read, that is everywhere but the one-pixel border,
+        which is recomputed from 3-pixel strips with the two convolutions. At full resolution the 64-channel inner
+        map is never created: at 512 px in bf16 on a CPU this is 2 ms instead of 55 ms (docs/benchmarks.md).
+        """
+        inner, outer = self.ipt_blk1.conv1, self.ipt_blk1.conv_out
+        folded_w = torch.einsum("oc,cikl->oikl", head_weight, outer.weight)  # 1 x 64 x 3 x 3
+        folded_b = head_weight @ outer.bias
+
+        def two_convs(strip: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(inner(strip), folded_w, folded_b, padding=1)
+
+        # (f * g) of two cross-correlations is the full convolution of their kernels: conv_transpose2d computes it
+        composite = F.conv_transpose2d(inner.weight.transpose(0, 1), folded_w.transpose(0, 1)).transpose(0, 1)
+        constant = folded_b + folded_w.sum(dim=(2, 3)) @ inner.bias
+        out = F.conv2d(image, composite, constant, padding=2)
+        out[..., :1, :] = two_convs(image[..., :3, :])[..., :1, :]
+        out[..., -1:, :] = two_convs(image[..., -3:, :])[..., -1:, :]
+        out[..., :1] = two_convs(image[..., :3])[..., :1]
+        out[..., -1:] = two_convs(image[..., -3:])[..., -1:]
+        return out
 
 
 @register_model

@@ -30,6 +30,7 @@ __all__ = [
     "build_attention",
     "deform_conv2d_gather",
     "deform_conv2d_grid_sample",
+    "pointwise_conv",
     "resize",
     "set_deform_impl",
 ]
@@ -47,6 +48,32 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x1 convolution, ``(B, C, H, W) -> (B, O, H, W)`` with ``weight`` ``(O, C, 1, 1)``.
+
+    On a CPU it runs as one matrix product per image on the tensor's own layout (``(C, H*W)`` for NCHW,
+    ``(H*W, C)`` for channels-last, whose result stays channels-last): oneDNN's convolution reorders both into
+    blocked layouts first, which made the decoder's 1x1 convolutions 1.5-2.8x slower in bf16 at 512 px
+    (docs/benchmarks.md). Elsewhere, in other layouts and while tracing, exporting or compiling, ``F.conv2d``.
+    """
+    b, c, h, w = x.shape
+    o = weight.shape[0]
+    graph = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+    if x.device.type != "cpu" or graph or weight.shape[2:] != (1, 1):
+        return F.conv2d(x, weight, bias)
+    matrix = weight.reshape(o, c)
+    if x.is_contiguous():
+        if bias is None:
+            return torch.matmul(matrix, x.view(b, c, h * w)).view(b, o, h, w)
+        out = torch.baddbmm(bias.view(1, o, 1).expand(b, o, h * w), matrix.expand(b, o, c), x.view(b, c, h * w))
+        return out.view(b, o, h, w)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        out = torch.matmul(rows, matrix.t()) if bias is None else torch.addmm(bias, rows, matrix.t())
+        return out.view(b, h, w, o).permute(0, 3, 1, 2)
+    return F.conv2d(x, weight, bias)
 
 
 def deform_conv2d_grid_sample(
@@ -101,9 +128,10 @@ def deform_conv2d_gather(
     (position, tap) is a weighted sum of four rows of the channels-last feature map: ``F.embedding_bag`` gathers
     them with the bilinear weights times the modulation mask (corners outside the map read a zero border), so the
     ``(h * w * k * k, c)`` samples are written once, with no separate modulation pass. They are then contracted
-    with the kernel in one matrix product. Sample coordinates are always computed in fp32; the gather and the
-    product run in ``x``'s dtype. On CPU the sampling takes 91 ms instead of grid_sample's 253 ms in BiRefNet
-    Swin-V1-T at 512 px, and a training step is 1.3x faster (docs/benchmarks.md).
+    with the kernel (and the bias) in one matrix product whose ``(h * w, out)`` result is returned as a
+    channels-last view, without a transposing copy. Sample coordinates are always computed in fp32; the gather
+    and the product run in ``x``'s dtype. On CPU the sampling takes 91 ms instead of grid_sample's 253 ms in
+    BiRefNet Swin-V1-T at 512 px, and a training step is 1.3x faster (docs/benchmarks.md).
     """
     b, c, h, w = x.shape
     o, _, kh, kw = weight.shape
@@ -114,34 +142,33 @@ def deform_conv2d_gather(
     xs = torch.arange(w, dtype=f32, device=device).view(1, 1, w, 1)
     ky = (torch.arange(kh, dtype=f32, device=device) - padding).repeat_interleave(kw)
     kx = (torch.arange(kw, dtype=f32, device=device) - padding).repeat(kh)
-    off = offset.float().view(b, taps, 2, h, w).permute(0, 3, 4, 1, 2)  # (b, h, w, tap, [dy, dx])
+    # positions-major fp32 copies (one cast-and-transpose pass each), so that every later tensor is row-major
+    off = offset.view(b, taps, 2, h, w).permute(0, 3, 4, 1, 2).to(f32, memory_format=torch.contiguous_format)
+    modulation = mask.view(b, taps, h, w).permute(0, 2, 3, 1).to(f32, memory_format=torch.contiguous_format)
     py = ys + ky + off[..., 0]
     px = xs + kx + off[..., 1]
     y0, x0 = py.floor(), px.floor()
     fy, fx = py - y0, px - x0
-    # The map gets a one-pixel zero border; each corner is clamped into it independently, so a corner outside
-    # the map reads zero (torchvision's rule) without a validity mask.
-    hp, wp = h + 2, w + 2
-
-    def padded(coord: torch.Tensor, limit: int) -> torch.Tensor:
-        return (coord.clamp(-1, limit) + 1).long()
-
+    # The map gets a two-pixel zero border. The top-left corner (y0, x0) is clamped into [-2, h] x [-2, w]: one
+    # outside the map lies wholly in the border with its +1 neighbours, so they read zero (torchvision's rule),
+    # and the four corners are the top-left index plus (0, 1, wp, wp + 1).
+    hp, wp = h + 4, w + 4
     base = (torch.arange(b, device=device) * (hp * wp)).view(b, 1, 1, 1)
-    row0, row1 = base + padded(y0, h) * wp, base + padded(y0 + 1, h) * wp
-    col0, col1 = padded(x0, w), padded(x0 + 1, w)
-    modulation = mask.float().view(b, taps, h, w).permute(0, 2, 3, 1)
-    top, bottom = (1.0 - fy) * modulation, fy * modulation
-    index = torch.stack([row0 + col0, row0 + col1, row1 + col0, row1 + col1], dim=-1)
-    weights = torch.stack([top * (1.0 - fx), top * fx, bottom * (1.0 - fx), bottom * fx], dim=-1)
+    top_left = base + (y0.clamp(-2, h) + 2).long() * wp + (x0.clamp(-2, w) + 2).long()
+    index = torch.empty((*top_left.shape, 4), dtype=torch.long, device=device)  # row-major, whatever the inputs
+    torch.add(top_left.unsqueeze(-1), torch.tensor([0, 1, wp, wp + 1], device=device), out=index)
+    top, bottom, left = (1.0 - fy) * modulation, fy * modulation, 1.0 - fx
+    weights = torch.stack([top * left, top * fx, bottom * left, bottom * fx], dim=-1).to(x.dtype)
     # rows must be contiguous channel vectors: embedding_bag's fast kernel needs a row-major table
-    table = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous().view(b * hp * wp, c)
-    samples = F.embedding_bag(
-        index.view(-1, 4), table, per_sample_weights=weights.view(-1, 4).to(x.dtype), mode="sum"
-    )  # (b * h * w * taps, c): rows (position, tap), channels contiguous
+    table = F.pad(x, (2, 2, 2, 2)).permute(0, 2, 3, 1).contiguous().view(b * hp * wp, c)
+    samples = F.embedding_bag(index.view(-1, 4), table, per_sample_weights=weights.view(-1, 4), mode="sum")
+    samples = samples.view(b * h * w, taps * c)  # rows: positions; columns: (tap, channel)
     kernel = weight.to(x.dtype).permute(0, 2, 3, 1).reshape(o, taps * c)
-    out = torch.matmul(samples.view(b, h * w, taps * c), kernel.t())  # (b, h * w, o)
-    out = out.transpose(1, 2).reshape(b, o, h, w)
-    return out if bias is None else out + bias.to(x.dtype).view(1, -1, 1, 1)
+    if bias is None:
+        out = torch.matmul(samples, kernel.t())
+    else:
+        out = torch.addmm(bias.to(x.dtype), samples, kernel.t())
+    return out.view(b, h, w, o).permute(0, 3, 1, 2)  # channels-last
 
 
 class DeformableConv2d(nn.Module):
@@ -178,8 +205,16 @@ class DeformableConv2d(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        offset = self.offset_conv(x)
-        mask = 2.0 * torch.sigmoid(self.modulator_conv(x))
+        # the offset and modulator branches read the same input: one convolution computes both
+        branches = (self.offset_conv, self.modulator_conv)
+        both = F.conv2d(
+            x,
+            torch.cat([conv.weight for conv in branches]),
+            torch.cat([conv.bias for conv in branches]),
+            padding=self.padding,
+        )
+        offset, modulator = both.split([self.offset_conv.out_channels, self.modulator_conv.out_channels], dim=1)
+        mask = 2.0 * torch.sigmoid(modulator)
         weight, bias = self.regular_conv.weight, self.regular_conv.bias
         impl = self.impl if self.impl != "auto" else ("torchvision" if x.device.type == "cuda" else "gather")
         if impl == "gather" and weight.dtype != torch.float32 and not torch.is_autocast_enabled(x.device.type):
@@ -244,8 +279,13 @@ class _ASPPBase(nn.Module):
         self.dropout = nn.Dropout(0.5)
 
     def _fuse(self, x: torch.Tensor, branches: list[torch.Tensor]) -> torch.Tensor:
-        pooled = resize(self.global_avg_pool(x), branches[0].shape[2:])
-        x = self.conv1(torch.cat([*branches, pooled], dim=1))
+        # conv1(cat(*branches, pooled)): the pooled branch is one vector per image (its bilinear resize from 1x1 is
+        # constant over the map), so its share of the 1x1 fusion is computed on the 1x1 map and broadcast instead
+        # of concatenating a full-size copy. Same parameters, same function.
+        c = self.branch_channels
+        weight = self.conv1.weight
+        pooled = F.conv2d(self.global_avg_pool(x), weight[:, -c:])
+        x = pointwise_conv(torch.cat(branches, dim=1), weight[:, :-c], self.conv1.bias) + pooled
         return self.dropout(self.relu(self.bn1(x)))
 
 
@@ -357,7 +397,7 @@ class ResBlk(BasicDecBlk):
         self.conv_resi = nn.Conv2d(self.conv_in.in_channels, self.conv_out.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._body(x) + self.conv_resi(x)
+        return self._body(x) + pointwise_conv(x, self.conv_resi.weight, self.conv_resi.bias)
 
 
 class BasicLatBlk(nn.Module):
@@ -368,7 +408,7 @@ class BasicLatBlk(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return pointwise_conv(x, self.conv.weight, self.conv.bias)
 
 
 class SimpleConvs(nn.Module):
