@@ -135,40 +135,63 @@ def deform_conv2d_gather(
     """
     b, c, h, w = x.shape
     o, _, kh, kw = weight.shape
-    taps = kh * kw
-    device = x.device
-    f32 = torch.float32
-    ys = torch.arange(h, dtype=f32, device=device).view(1, h, 1, 1)
-    xs = torch.arange(w, dtype=f32, device=device).view(1, 1, w, 1)
+    taps, positions = kh * kw, b * h * w
+    device, f32 = x.device, torch.float32
     ky = (torch.arange(kh, dtype=f32, device=device) - padding).repeat_interleave(kw)
     kx = (torch.arange(kw, dtype=f32, device=device) - padding).repeat(kh)
     # positions-major fp32 copies (one cast-and-transpose pass each), so that every later tensor is row-major
-    off = offset.view(b, taps, 2, h, w).permute(0, 3, 4, 1, 2).to(f32, memory_format=torch.contiguous_format)
-    modulation = mask.view(b, taps, h, w).permute(0, 2, 3, 1).to(f32, memory_format=torch.contiguous_format)
-    py = ys + ky + off[..., 0]
-    px = xs + kx + off[..., 1]
-    y0, x0 = py.floor(), px.floor()
-    fy, fx = py - y0, px - x0
+    off = torch.empty((b, h, w, taps, 2), dtype=f32, device=device)
+    off.copy_(offset.view(b, taps, 2, h, w).permute(0, 3, 4, 1, 2))
+    modulation = torch.empty((b, h, w, taps), dtype=f32, device=device)
+    modulation.copy_(mask.view(b, taps, h, w).permute(0, 2, 3, 1))
+    off, modulation = off.view(positions, taps, 2), modulation.view(positions, taps)
     # The map gets a two-pixel zero border. The top-left corner (y0, x0) is clamped into [-2, h] x [-2, w]: one
     # outside the map lies wholly in the border with its +1 neighbours, so they read zero (torchvision's rule),
     # and the four corners are the top-left index plus (0, 1, wp, wp + 1).
     hp, wp = h + 4, w + 4
-    base = (torch.arange(b, device=device) * (hp * wp)).view(b, 1, 1, 1)
-    top_left = base + (y0.clamp(-2, h) + 2).long() * wp + (x0.clamp(-2, w) + 2).long()
-    index = torch.empty((*top_left.shape, 4), dtype=torch.long, device=device)  # row-major, whatever the inputs
-    torch.add(top_left.unsqueeze(-1), torch.tensor([0, 1, wp, wp + 1], device=device), out=index)
-    top, bottom, left = (1.0 - fy) * modulation, fy * modulation, 1.0 - fx
-    weights = torch.stack([top * left, top * fx, bottom * left, bottom * fx], dim=-1).to(x.dtype)
+    corners = torch.tensor([0, 1, wp, wp + 1], device=device)
     # rows must be contiguous channel vectors: embedding_bag's fast kernel needs a row-major table
     table = F.pad(x, (2, 2, 2, 2)).permute(0, 2, 3, 1).contiguous().view(b * hp * wp, c)
-    samples = F.embedding_bag(index.view(-1, 4), table, per_sample_weights=weights.view(-1, 4), mode="sum")
-    samples = samples.view(b * h * w, taps * c)  # rows: positions; columns: (tap, channel)
-    kernel = weight.to(x.dtype).permute(0, 2, 3, 1).reshape(o, taps * c)
-    if bias is None:
-        out = torch.matmul(samples, kernel.t())
+    kernel = weight.to(x.dtype).permute(0, 2, 3, 1).reshape(o, taps * c).t()
+    bias = None if bias is None else bias.to(x.dtype)
+
+    def samples_of(start: int, stop: int) -> torch.Tensor:
+        """The ``(stop - start, taps * c)`` samples of positions ``start:stop`` (flattened b, y, x)."""
+        pos = torch.arange(start, stop, device=device)
+        image, y, xx = pos // (h * w), (pos // w) % h, pos % w
+        py = (y.to(f32).view(-1, 1) + ky) + off[start:stop, :, 0]
+        px = (xx.to(f32).view(-1, 1) + kx) + off[start:stop, :, 1]
+        y0, x0 = py.floor(), px.floor()
+        fy, fx = py - y0, px - x0
+        top_left = (image * (hp * wp)).view(-1, 1) + (y0.clamp(-2, h) + 2).long() * wp + (x0.clamp(-2, w) + 2).long()
+        index = torch.empty((*top_left.shape, 4), dtype=torch.long, device=device)  # row-major, whatever the inputs
+        torch.add(top_left.unsqueeze(-1), corners, out=index)
+        m = modulation[start:stop]
+        top, bottom, left = (1.0 - fy) * m, fy * m, 1.0 - fx
+        weights = torch.stack([top * left, top * fx, bottom * left, bottom * fx], dim=-1).to(x.dtype)
+        samples = F.embedding_bag(index.view(-1, 4), table, per_sample_weights=weights.view(-1, 4), mode="sum")
+        return samples.view(stop - start, taps * c)  # rows: positions; columns: (tap, channel)
+
+    def contract(samples: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if bias is None:
+            return torch.matmul(samples, kernel, out=out)
+        return torch.addmm(bias, samples, kernel, out=out)
+
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, offset, weight, mask)):
+        out = contract(samples_of(0, positions))  # autograd keeps every sample for the backward pass anyway
     else:
-        out = torch.addmm(bias.to(x.dtype), samples, kernel.t())
+        # Without autograd, positions run in blocks of about GATHER_BLOCK_BYTES of samples: the coordinates, the
+        # indices and the samples of a large map (BiRefNet's 7x7 branch at 1/4 resolution) never exist whole.
+        step = max(1, GATHER_BLOCK_BYTES // (taps * c * x.element_size()))
+        out = torch.empty(positions, o, dtype=x.dtype, device=device)
+        for start in range(0, positions, step):
+            stop = min(start + step, positions)
+            contract(samples_of(start, stop), out=out[start:stop])
     return out.view(b, h, w, o).permute(0, 3, 1, 2)  # channels-last
+
+
+#: Bytes of samples per block in :func:`deform_conv2d_gather` without autograd.
+GATHER_BLOCK_BYTES = 32 * 2**20
 
 
 class DeformableConv2d(nn.Module):
