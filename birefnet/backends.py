@@ -4,10 +4,11 @@ model's ONNX graph in onnxruntime.
 On a CPU with native bf16 (AVX-512 BF16 or AMX), the network cast to bf16 with its BatchNorms folded is the
 fastest path measured, and its masks stay within 1/255 of fp32 on >= 99.9 % of pixels (``docs/benchmarks.md``:
 BiRefNet Swin-V1-T at 512 px on ECSSD-TE, 1.9x faster than eager fp32), so ``precision="auto"`` takes it there.
-In fp32, onnxruntime runs the exported graph faster than eager PyTorch for every model measured (1.2-1.5x), so
-``backend="auto"`` picks it when onnxruntime is installed (the ``onnx`` extra). For models above
-:data:`LARGE_MODEL_PARAMETERS` it keeps PyTorch: onnxruntime's memory arena holds far more (BiRefNet Swin-V1-L at
-1024 px: 6.2 GB peak against 3.8 GB), and the speed is one flag away. PyTorch also runs on GPUs.
+In fp32, onnxruntime runs the exported graph faster than eager PyTorch for every model measured (U2-Net 1.35x,
+BiRefNet 1.03-1.1x), so ``backend="auto"`` picks it when onnxruntime is installed (the ``onnx`` extra). For models
+above :data:`LARGE_MODEL_PARAMETERS` it keeps PyTorch: onnxruntime's memory arena holds far more (BiRefNet
+Swin-V1-L at 1024 px: 6.9 GB peak with the export against 3.1 GB), and the speed is one flag away. PyTorch also
+runs on GPUs.
 
 The graph is exported once per checkpoint and cached: next to a local checkpoint file, or for Hub downloads and
 read-only folders in ``$BIREFNET_CACHE/onnx`` (default ``$XDG_CACHE_HOME/birefnet``, ``~/.cache/birefnet``). Its name
@@ -70,7 +71,7 @@ def choose_backend(requested: str, device: torch.device, parameters: int = 0) ->
     if parameters > LARGE_MODEL_PARAMETERS:
         return "torch", (
             f"{parameters / 1e6:.0f} M parameters: the lower peak memory on CPU; --backend onnxruntime is about "
-            "1.3x faster and holds about 2.4 GB more (docs/benchmarks.md)"
+            "1.1x faster and holds about twice the memory (docs/benchmarks.md)"
         )
     return "onnxruntime", "the fastest measured on CPU (docs/benchmarks.md)"
 

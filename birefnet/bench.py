@@ -124,7 +124,8 @@ def bench_model(
     ``Predictor`` runs bf16 on a CPU, instead of fp32 weights under autocast. ``int8=True`` (onnxruntime only)
     quantises the graph's MatMul and Gemm weights to int8 with onnxruntime's dynamic quantisation.
 
-    ``profile=True`` prints ``torch.profiler``'s operator table of one more inference (torch backend).
+    ``profile=True`` prints ``torch.profiler``'s operator table of one more inference (torch backend), then the
+    same by input shape.
     ``backend="onnxruntime"`` times inference of the exported graph (fp32, fixed size) in onnxruntime's CPU
     provider with as many threads as torch uses. ``peak RSS GB`` is the process's peak resident memory so far:
     run one configuration per command to read it per backend.
@@ -222,9 +223,12 @@ def bench_model(
 
         rows.append(row("infer", infer, 1))
         if profile:
-            with torch.profiler.profile() as prof:
+            with torch.profiler.profile(record_shapes=True) as prof:
                 infer()
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+            print("By input shape:")
+            by_shape = prof.key_averages(group_by_input_shape=True)
+            print(by_shape.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
     return rows
 
 
@@ -694,7 +698,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--grad-checkpointing", action="store_true")
     m.add_argument("--deform-impl", default="auto", choices=["auto", "torchvision", "grid_sample", "gather"])
     m.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="inference runtime")
-    m.add_argument("--profile", action="store_true", help="print the operator profile of one inference")
+    m.add_argument(
+        "--profile", action="store_true", help="print the operator profile of one inference, total and by input shape"
+    )
     m.add_argument("--cast", action="store_true", help="inference with the network cast to --precision, BN folded")
     m.add_argument("--int8", action="store_true", help="onnxruntime: MatMul/Gemm weights dynamically quantised")
     pk = sub.add_parser("peak", help="matrix-product throughput per dtype: the ceiling for the model benches")

@@ -243,8 +243,9 @@ class BiRefNetDecoder(nn.Module):
         The 1x1 head folds into ``ipt_blk1.conv_out`` (a 3x3 convolution to one channel), and two 3x3
         convolutions compose into one 5x5 convolution of the 3-channel image with a constant bias. The composition
         is exact wherever the inner map's zero padding is not read, that is everywhere but the one-pixel border,
-        which is recomputed from 3-pixel strips with the two convolutions. At full resolution the 64-channel inner
-        map is never created: at 512 px in bf16 on a CPU this is 2 ms instead of 55 ms (docs/benchmarks.md).
+        which is recomputed from 3-pixel strips with the two convolutions. The 64-channel full-resolution inner map
+        is never created, and no convolution runs with 3 input or 1 output channels at full resolution, which
+        oneDNN's bf16 kernels handle badly (docs/benchmarks.md, "What the decoder rewrites changed").
         """
         inner, outer = self.ipt_blk1.conv1, self.ipt_blk1.conv_out
         folded_w = torch.einsum("oc,cikl->oikl", head_weight, outer.weight)  # 1 x 64 x 3 x 3

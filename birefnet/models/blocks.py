@@ -54,9 +54,10 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """A 1x1 convolution, ``(B, C, H, W) -> (B, O, H, W)`` with ``weight`` ``(O, C, 1, 1)``.
 
     On a CPU it runs as one matrix product per image on the tensor's own layout (``(C, H*W)`` for NCHW,
-    ``(H*W, C)`` for channels-last, whose result stays channels-last): oneDNN's convolution reorders both into
-    blocked layouts first, which made the decoder's 1x1 convolutions 1.5-2.8x slower in bf16 at 512 px
-    (docs/benchmarks.md). Elsewhere, in other layouts and while tracing, exporting or compiling, ``F.conv2d``.
+    ``(H*W, C)`` for channels-last, whose result stays channels-last): oneDNN's convolution first reorders its
+    input into a blocked layout, a full pass over a tensor (1280 channels at 1/4 resolution for the ASPP fusion)
+    before a small product (docs/benchmarks.md). Elsewhere, in other layouts and while tracing, exporting or
+    compiling, ``F.conv2d``.
     """
     b, c, h, w = x.shape
     o = weight.shape[0]
@@ -130,8 +131,10 @@ def deform_conv2d_gather(
     ``(h * w * k * k, c)`` samples are written once, with no separate modulation pass. They are then contracted
     with the kernel (and the bias) in one matrix product whose ``(h * w, out)`` result is returned as a
     channels-last view, without a transposing copy. Sample coordinates are always computed in fp32; the gather
-    and the product run in ``x``'s dtype. On CPU the sampling takes 91 ms instead of grid_sample's 253 ms in
-    BiRefNet Swin-V1-T at 512 px, and a training step is 1.3x faster (docs/benchmarks.md).
+    and the product run in ``x``'s dtype. Without autograd the positions run in blocks of
+    :data:`GATHER_BLOCK_BYTES` of samples, which bounds the memory and keeps the sampled map in cache. On CPU the
+    sampling takes 91 ms instead of grid_sample's 253 ms in BiRefNet Swin-V1-T at 512 px, and a training step is
+    1.3x faster (docs/benchmarks.md).
     """
     b, c, h, w = x.shape
     o, _, kh, kw = weight.shape
