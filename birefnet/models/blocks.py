@@ -115,6 +115,11 @@ def deform_conv2d_grid_sample(
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
+#: Bytes of samples per block in :func:`deform_conv2d_gather` without autograd: small enough to bound the memory
+#: of large maps and keep each block's samples in cache, large enough for efficient matrix products.
+GATHER_BLOCK_BYTES = 32 * 2**20
+
+
 def deform_conv2d_gather(
     x: torch.Tensor,
     offset: torch.Tensor,
@@ -191,10 +196,6 @@ def deform_conv2d_gather(
             stop = min(start + step, positions)
             contract(samples_of(start, stop), out=out[start:stop])
     return out.view(b, h, w, o).permute(0, 3, 1, 2)  # channels-last
-
-
-#: Bytes of samples per block in :func:`deform_conv2d_gather` without autograd.
-GATHER_BLOCK_BYTES = 32 * 2**20
 
 
 class DeformableConv2d(nn.Module):
