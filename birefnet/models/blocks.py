@@ -185,7 +185,7 @@ def deform_conv2d_gather(
             return torch.matmul(samples, kernel, out=out)
         return torch.addmm(bias, samples, kernel, out=out)
 
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, offset, weight, mask)):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, offset, weight, mask, bias)):
         out = contract(samples_of(0, positions))  # autograd keeps every sample for the backward pass anyway
     else:
         # Without autograd, positions run in blocks of about GATHER_BLOCK_BYTES of samples: the coordinates, the
