@@ -10,9 +10,12 @@ above :data:`LARGE_MODEL_PARAMETERS` it keeps PyTorch: onnxruntime's memory aren
 Swin-V1-L at 1024 px: 6.9 GB peak with the export against 3.1 GB), and the speed is one flag away. PyTorch also
 runs on GPUs.
 
-The graph is exported once per checkpoint and cached: next to a local checkpoint file, or for Hub downloads and
-read-only folders in ``$BIREFNET_CACHE/onnx`` (default ``$XDG_CACHE_HOME/birefnet``, ``~/.cache/birefnet``). Its name
-carries a digest of the checkpoint's bytes, so a changed checkpoint gets a new graph and the stale ones are removed.
+The graph is exported once per checkpoint and cached in this project's own folder, ``$BIREFNET_CACHE/onnx`` (default
+``$XDG_CACHE_HOME/birefnet/onnx``, ``~/.cache/birefnet/onnx``), never beside the user's files. Its name carries a digest
+of the checkpoint's bytes, so a changed checkpoint gets a new graph. Each graph has a marker file recording the
+checkpoint it was made from, its digest and its size; a stale graph is removed only when its marker says it was made
+from the same checkpoint file, its name has the cache's pattern and its size is the recorded one. Nothing else is
+ever deleted, whatever its name.
 The graph takes any height and width (multiples of 32) and is traced on a small example: tracing at the inference
 size costs far more memory (BiRefNet Swin-V1-L at 1024 px: 18.3 GB peak against 6.9 GB, the same graph speed;
 ``docs/benchmarks.md``).
@@ -20,11 +23,13 @@ size costs far more memory (BiRefNet Swin-V1-L at 1024 px: 18.3 GB peak against 
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +41,15 @@ from birefnet.errors import UserError
 
 log = logging.getLogger("birefnet")
 
-__all__ = ["BACKENDS", "PRECISIONS", "OnnxRuntimeRunner", "choose_backend", "choose_path", "graph_cache_path"]
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "OnnxRuntimeRunner",
+    "choose_backend",
+    "choose_path",
+    "graph_cache_folder",
+    "graph_cache_path",
+]
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -123,7 +136,8 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _user_cache() -> Path:
+def graph_cache_folder() -> Path:
+    """Where graphs are cached: ``$BIREFNET_CACHE/onnx``, else ``$XDG_CACHE_HOME/birefnet/onnx`` (``~/.cache``)."""
     if os.environ.get("BIREFNET_CACHE"):
         return Path(os.environ["BIREFNET_CACHE"]) / "onnx"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -132,15 +146,54 @@ def _user_cache() -> Path:
 
 #: The example input the graph is traced on (height, width); the graph itself takes any multiple of 32.
 TRACE_SIZE = (256, 256)
+#: Names of cached graphs: ``<checkpoint stem>-<16 hex digits of its digest>.onnx``; markers add ``.birefnet.json``.
+_GRAPH_NAME = re.compile(r"^.+-[0-9a-f]{16}\.onnx$")
+_MARKER_SUFFIX = ".birefnet.json"
 
 
-def graph_cache_path(checkpoint: Path, from_hub: bool = False) -> Path:
-    """Where the graph of ``checkpoint`` is cached; see the module."""
-    name = f"{checkpoint.stem}.{_digest(checkpoint)}.onnx"
-    folder = checkpoint.parent
-    if from_hub or not os.access(folder, os.W_OK):
-        folder = _user_cache()
-    return folder / name
+def graph_cache_path(checkpoint: Path) -> Path:
+    """The cached graph of ``checkpoint`` (see the module)."""
+    return graph_cache_folder() / f"{checkpoint.stem}-{_digest(checkpoint)}.onnx"
+
+
+def _marker(graph: Path) -> Path:
+    return graph.with_name(graph.name + _MARKER_SUFFIX)
+
+
+def _record(graph: Path, checkpoint: Path) -> None:
+    """Write the marker that proves ``graph`` is this cache's, made from ``checkpoint``."""
+    from birefnet.atomic import atomic_write_text
+
+    entry = {"graph": graph.name, "checkpoint": str(checkpoint.resolve()), "bytes": graph.stat().st_size}
+    atomic_write_text(_marker(graph), json.dumps(entry))
+
+
+def _remove_stale(graph: Path, checkpoint: Path) -> list[Path]:
+    """Remove the graphs this cache made from an earlier version of ``checkpoint`` (same file, another digest),
+    with their markers; returns what was removed. Files without a matching marker are never touched."""
+    removed = []
+    source = str(checkpoint.resolve())
+    for marker in graph.parent.glob(f"*.onnx{_MARKER_SUFFIX}"):
+        try:
+            entry = json.loads(marker.read_text(encoding="utf-8"))
+            other = graph.parent / str(entry["graph"])
+            ours = (
+                entry["checkpoint"] == source
+                and other != graph
+                and other.name + _MARKER_SUFFIX == marker.name
+                and _GRAPH_NAME.match(other.name) is not None
+                and other.is_file()
+                and not other.is_symlink()
+                and other.stat().st_size == entry["bytes"]
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if ours:
+            with contextlib.suppress(OSError):
+                other.unlink()
+                marker.unlink()
+                removed.append(other)
+    return removed
 
 
 class OnnxRuntimeRunner:
@@ -150,7 +203,6 @@ class OnnxRuntimeRunner:
         model: the network (exported when no cached graph exists; it is changed in place for the export).
         checkpoint: the weights file ``model`` came from; the graph is cached for it (``None``: a temporary
             graph for this runner only).
-        from_hub: the checkpoint lives in the Hugging Face cache (the graph goes to the user cache instead).
         threads: onnxruntime's intra-op threads (default: torch's).
         release: once the graph exists, move ``model``'s tensors to the ``meta`` device: the process then holds
             the weights once, in onnxruntime (for a model loaded only to run here).
@@ -160,7 +212,6 @@ class OnnxRuntimeRunner:
         self,
         model: nn.Module,
         checkpoint: Path | None = None,
-        from_hub: bool = False,
         threads: int | None = None,
         release: bool = False,
     ) -> None:
@@ -169,7 +220,7 @@ class OnnxRuntimeRunner:
         from birefnet.export import export_onnx
 
         if checkpoint is not None:
-            path = graph_cache_path(checkpoint, from_hub)
+            path = graph_cache_path(checkpoint)
         else:
             path = Path(tempfile.mkdtemp(prefix="birefnet-onnx-")) / "model.onnx"
         if path.is_file():
@@ -178,14 +229,12 @@ class OnnxRuntimeRunner:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             log.info("onnxruntime: exporting the graph once to %s (later runs load it).", path)
-            # a name of this process's own: two first runs exporting at once each finish their file, one wins
-            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            try:
-                export_onnx(model, partial, TRACE_SIZE, dynamic_size=True, check=False)
-                partial.replace(path)
-            finally:
-                partial.unlink(missing_ok=True)
-            self._remove_stale(path)
+            # written atomically: two first runs exporting at once each finish their own file, one wins
+            export_onnx(model, path, TRACE_SIZE, dynamic_size=True, check=False)
+            if checkpoint is not None:
+                _record(path, checkpoint)
+                for stale in _remove_stale(path, checkpoint):
+                    log.info("onnxruntime: removed the graph of an earlier version of %s: %s.", checkpoint, stale)
             self.cached = False
         if release:
             model.to("meta")
@@ -193,14 +242,6 @@ class OnnxRuntimeRunner:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         self.path = path
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    @staticmethod
-    def _remove_stale(path: Path) -> None:
-        """Graphs of an earlier version of the same checkpoint file (same stem, another digest)."""
-        stem = path.name.rsplit(".", 2)[0]
-        for other in path.parent.glob(f"{glob.escape(stem)}.*.onnx"):
-            if other != path and other.name.count(".") == path.name.count("."):
-                other.unlink(missing_ok=True)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run(None, {"image": batch.float().cpu().numpy()})

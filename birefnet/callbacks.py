@@ -12,15 +12,18 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from birefnet.atomic import atomic_path
-from birefnet.errors import ConfigError
+from birefnet.errors import CheckpointError, ConfigError
+from birefnet.models.state_dict import read_state_dict
 
 __all__ = [
     "AtomicCheckpointIO",
     "EpochWindowCheckpoint",
     "FinetuneLossSchedule",
     "RNGStateCheckpoint",
+    "check_resume_path",
     "ema_callback",
     "finetune_loss_weights",
+    "read_training_checkpoint",
 ]
 
 
@@ -171,17 +174,60 @@ def ema_callback(decay: float | None = None, update_starting_at_epoch: int | Non
     return EMAWeightAveraging(decay=decay, update_starting_at_epoch=update_starting_at_epoch)
 
 
+def check_resume_path(path) -> str:
+    """``ckpt_path`` as a local file, checked before anything is built; a URL or a name Lightning would look up
+    (``last``, ``best``) is refused with what to pass instead."""
+    text = str(path)
+    if "://" in text:
+        raise CheckpointError(
+            f"ckpt_path={text}: checkpoints are read from local files only, never fetched (a downloaded training "
+            "checkpoint would be unpickled). Download it yourself and pass the local path."
+        )
+    if not Path(text).is_file():
+        hint = (
+            f" ({text!r} is not looked up: every run writes a new folder) "
+            if text in ("last", "best", "hpc", "registry")
+            else " "
+        )
+        raise CheckpointError(
+            f"ckpt_path={text} is not a file{hint}; pass the checkpoint to resume, e.g. "
+            "ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt."
+        )
+    return text
+
+
+def read_training_checkpoint(path) -> dict:
+    """A Lightning training checkpoint (to resume from), read with the project's weights-only reader.
+
+    Nothing is unpickled and nothing is fetched: a URL is refused before any request (Lightning would download it
+    and unpickle it), and so is a file that is not a local Lightning checkpoint.
+
+    Raises:
+        CheckpointError: a URL, a missing, unreadable or malicious file, or a weights file without training state
+            (the message says to use ``model.init_from`` for that).
+    """
+    text = check_resume_path(path)
+    content = read_state_dict(text)
+    if not isinstance(content, dict) or "state_dict" not in content or "loops" not in content:
+        raise CheckpointError(
+            f"ckpt_path={text} is not a Lightning training checkpoint (it holds no training state to resume). To "
+            f"start training from its weights, pass model.init_from={text} instead."
+        )
+    return content
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, but the file is written beside its target and renamed over it when complete.
+    """Lightning's checkpoint reader and writer, made safe: reading goes through :func:`read_training_checkpoint`
+    (weights only, local files only), and the file is written beside its target and renamed over it when complete.
 
     A run killed while saving leaves the previous ``last.ckpt`` intact (Lightning's own writer stages through the
     system temporary folder and copies, which a kill can cut short), so resuming always finds a whole file.
-    Remote paths (``s3://`` ...) keep Lightning's writer.
     """
 
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return read_training_checkpoint(path)
+
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:

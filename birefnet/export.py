@@ -19,13 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from birefnet.atomic import atomic_path
+from birefnet.errors import UserError
 from birefnet.models import load_model
 from birefnet.models.checkpoint import model_card
+from birefnet.models.hub import resolve_weights
 from birefnet.models.state_dict import PREPROCESSING_METADATA_KEY
 
 log = logging.getLogger("birefnet")
 
-__all__ = ["add_arguments", "export_onnx", "run_from_args"]
+__all__ = ["add_arguments", "check_output", "export_onnx", "run_from_args", "written_by_export"]
 
 _REGISTERED = False
 
@@ -113,6 +116,15 @@ def export_onnx(
         raise RuntimeError(f"The deformable convolution needs ONNX opset >= 19 (DeformConv); got opset {opset}.")
     card = model_card(model)
     size = tuple(size or card.input_size or (1024, 1024))
+    with atomic_path(output) as partial:  # the graph appears whole, with its card, or not at all
+        _export(model, partial, size, opset, dynamic_size, deformable)
+        _store_card(partial, card)
+    if not check:
+        return None
+    return _check_onnxruntime(model, output, size, deformable, atol)
+
+
+def _export(model: nn.Module, output: Path, size: tuple[int, int], opset: int, dynamic_size: bool, deformable: bool):
     x = torch.randn(1, 3, *size)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     try:
@@ -140,9 +152,9 @@ def export_onnx(
             else ""
         )
         raise RuntimeError(f"ONNX export failed: {type(err).__name__}: {str(err).splitlines()[0]}.{hint}") from err
-    _store_card(output, card)
-    if not check:
-        return None
+
+
+def _check_onnxruntime(model: nn.Module, output: Path, size: tuple[int, int], deformable: bool, atol: float) -> float:
     import onnxruntime as ort
 
     try:
@@ -177,6 +189,34 @@ def _store_card(output: str | Path, card) -> None:
     onnx.save(graph, str(output))
 
 
+def written_by_export(path: str | Path) -> bool:
+    """Whether ``path`` is an ONNX graph this tool wrote (its metadata holds the preprocessing card)."""
+    try:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return any(entry.key == PREPROCESSING_METADATA_KEY for entry in graph.metadata_props)
+
+
+def check_output(output: str | Path, checkpoint: Path) -> Path:
+    """The ``--output`` of ``export-onnx``, refused before the model loads when it is not a ``.onnx`` name, when it
+    is the checkpoint itself, or when it names an existing file that is not a graph this tool wrote."""
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise UserError(f"--output {output}: export-onnx writes an ONNX graph; give the file a .onnx name.")
+    if output.exists() or output.is_symlink():
+        if output.resolve() == checkpoint.resolve():
+            raise UserError(f"--output {output} is the checkpoint being exported; choose another file name.")
+        if not output.is_file() or output.is_symlink() or not written_by_export(output):
+            raise UserError(
+                f"--output {output} exists and is not a graph written by birefnet export-onnx; it was left as it is. "
+                "Choose another file name, or delete it first if it is yours to replace."
+            )
+    return output
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a weights file, a folder or a Hugging Face repo")
     parser.add_argument("--output", required=True, help="the .onnx file to write")
@@ -199,10 +239,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.size:
         parts = [int(v) for v in args.size.lower().replace("x", ",").split(",")]
         size = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    output = check_output(args.output, resolve_weights(args.checkpoint).path)
     model = load_model(args.checkpoint)
     try:
         diff = export_onnx(
-            model, args.output, size, args.opset, not args.static_size, not args.no_check, deform_op=args.deform_op
+            model, output, size, args.opset, not args.static_size, not args.no_check, deform_op=args.deform_op
         )
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)

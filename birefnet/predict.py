@@ -228,12 +228,7 @@ class Predictor:
             log.info("bf16 on CPU: %d BatchNorms folded, the network cast to bf16.", folded)
         if self.backend == "onnxruntime":
             weights = resolve_weights(checkpoint) if model is None else None
-            self.logits = OnnxRuntimeRunner(
-                self.model,
-                weights.path if weights else None,
-                from_hub=bool(weights and weights.repo_id),
-                release=model is None,
-            )
+            self.logits = OnnxRuntimeRunner(self.model, weights.path if weights else None, release=model is None)
         else:
             self.logits = torch_runner(self.model, compile)
         log.info("Backend: %s, %s (%s).", self.backend, self.precision, why)

@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from birefnet.callbacks import check_resume_path
 from birefnet.errors import ConfigError
 from birefnet.launch import process_index
 from birefnet.models.checkpoint import model_card
@@ -68,6 +69,8 @@ def build_data_and_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.Ligh
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Fit (and optionally test) the model described by ``cfg``; returns ``(metrics, objects)``."""
     check_backbone_weights(cfg)
+    if cfg.get("ckpt_path"):
+        check_resume_path(cfg.ckpt_path)
     if cfg.get("seed") is not None:
         # one stream per process: DDP processes get seed + their index; DDP broadcasts rank 0's initial weights,
         # so only data order and augmentation differ

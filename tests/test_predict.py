@@ -271,7 +271,10 @@ def test_backend_choice_follows_device_precision_and_what_is_installed(monkeypat
 
 def test_onnxruntime_backend_equals_eager_masks_and_caches_its_graph(tmp_path, caplog):
     """The default CPU backend: masks within 1/255 of eager fp32 on >= 99.9 % of pixels (deformable decoder
-    attention included), the graph exported once next to the checkpoint and rebuilt when the checkpoint changes."""
+    attention included), the graph exported once into the project's cache and rebuilt when the checkpoint changes;
+    the user's own ONNX files next to the checkpoint or in the cache are never touched."""
+    from birefnet.backends import graph_cache_folder
+
     torch.manual_seed(0)
     path = tmp_path / "m.safetensors"
     save_model(BiRefNet("pvt_v2_b0").eval(), path)  # with the deformable ASPP (ONNX DeformConv)
@@ -282,16 +285,24 @@ def test_onnxruntime_backend_equals_eager_masks_and_caches_its_graph(tmp_path, c
     assert fast.backend == "onnxruntime" and not fast.logits.cached and "Backend: onnxruntime, fp32" in caplog.text
     close = [np.abs(a - b) <= 1 / 255 for a, b in zip(eager.masks(images), fast.masks(images), strict=True)]
     assert np.concatenate([c.ravel() for c in close]).mean() >= 0.999
-    graphs = sorted(p.name for p in tmp_path.glob("*.onnx"))
-    assert len(graphs) == 1 and graphs[0].startswith("m.") and graphs[0].count(".") == 2
+    cache = graph_cache_folder()
+    graphs = sorted(p.name for p in cache.glob("m-*.onnx"))
+    assert len(graphs) == 1 and fast.logits.path == cache / graphs[0]
+    assert not list(tmp_path.glob("*.onnx"))  # nothing is written beside the user's checkpoint
     assert next(fast.model.parameters()).is_meta  # the weights are held once, by onnxruntime
+    # the user's files whose names look like graphs of this checkpoint, beside it and in the cache
+    users = [tmp_path / "m.fp32.onnx", tmp_path / "m.v2.onnx", cache / "m.fp32.onnx", cache / "m-0123456789abcdef.onnx"]
+    for f in users:
+        f.write_bytes(b"the user's own graph")
 
     assert Predictor(path, size=(64, 64), precision="fp32").logits.cached  # the second run loads the graph
     torch.manual_seed(1)
     save_model(BiRefNet("pvt_v2_b0").eval(), path)  # new weights, same file name
     rebuilt = Predictor(path, size=(64, 64), precision="fp32")
     assert not rebuilt.logits.cached
-    assert [p.name for p in tmp_path.glob("*.onnx")] == [rebuilt.logits.path.name] != graphs
+    assert rebuilt.logits.path.name not in graphs and rebuilt.logits.path.is_file()
+    assert not (cache / graphs[0]).exists()  # the stale graph, which the cache's marker proves its own, is gone
+    assert all(f.read_bytes() == b"the user's own graph" for f in users)
     again = Predictor(path, size=(64, 64), backend="torch", precision="fp32").masks(images[:1])[0]
     assert np.abs(rebuilt.masks(images[:1])[0] - again).max() <= 1 / 255
 
@@ -322,16 +333,18 @@ def test_bf16_on_cpu_runs_the_folded_network_cast_to_bf16(tmp_path, caplog):
 
 def test_a_failed_export_leaves_no_graph_behind(tmp_path, monkeypatch):
     from birefnet import export
-    from birefnet.backends import OnnxRuntimeRunner
+    from birefnet.backends import OnnxRuntimeRunner, graph_cache_folder
 
     def broken(model, output, *args, **kwargs):
         with open(output, "wb") as f:
             f.write(b"half a graph")
         raise RuntimeError("ONNX export failed: interrupted")
 
-    monkeypatch.setattr(export, "export_onnx", broken)
+    monkeypatch.setattr(export, "_export", broken)
     path = tmp_path / "m.safetensors"
     save_model(BiRefNet("pvt_v2_b0", decoder_attention=""), path)
+    before = sorted(graph_cache_folder().glob("*")) if graph_cache_folder().is_dir() else []
     with pytest.raises(RuntimeError, match="interrupted"):
         OnnxRuntimeRunner(BiRefNet("pvt_v2_b0", decoder_attention=""), path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no graph, no partial file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    assert sorted(graph_cache_folder().glob("*")) == before  # no graph, no partial file

@@ -133,6 +133,115 @@ def test_a_checkpoint_naming_a_hub_backbone_is_refused_without_network(tmp_path,
         load_model(path)
 
 
+class _RunsCode:
+    """Unpickling this runs ``touch <marker>``: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _malicious_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "loops": {}, "epoch": 0, "payload": _RunsCode(marker)}, path)
+    return path
+
+
+def _train_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "train.py", "~logger", "trainer.max_epochs=1", "data.num_workers=0", "data.size=[64,64]"]
+    args += [f"hydra.run.dir={tmp_path / 'run'}", *overrides]
+    return subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_a_url_checkpoint_is_refused_before_any_request(tmp_path):
+    """ckpt_path=http://... (which Lightning would download and unpickle) and model.init_from=http://... are
+    refused with one line; the server never sees a request and the payload never runs."""
+    import http.server
+    import threading
+
+    marker = tmp_path / "pwned"
+    served = tmp_path / "www"
+    served.mkdir()
+    _malicious_checkpoint(served / "evil.ckpt", marker)
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            requests.append(args)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/evil.ckpt"
+    try:
+        for override in (f"ckpt_path={url}", f"model.init_from={url}"):
+            proc = _train_cli(tmp_path, override)
+            assert proc.returncode == 1, proc.stderr[-2000:]
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+            assert len(errors) == 1 and "never fetched" in errors[0] and "Traceback" not in proc.stderr
+    finally:
+        server.shutdown()
+    assert not requests and not marker.exists()
+
+
+def test_a_malicious_local_checkpoint_is_one_line_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _malicious_checkpoint(tmp_path / "last.ckpt", marker)
+    proc = _train_cli(tmp_path, f"ckpt_path={evil}")
+    assert proc.returncode == 1 and not marker.exists()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "never unpickles" in errors[0] and "Traceback" not in proc.stderr
+    assert "torch.load" not in proc.stderr  # not a pointer to torch's documentation
+
+
+def test_resuming_from_a_weights_file_says_to_use_init_from(tmp_path):
+    from birefnet.callbacks import read_training_checkpoint
+
+    save_model(BiRefNet("pvt_v2_b0", decoder_attention=""), tmp_path / "weights.pth")
+    with pytest.raises(CheckpointError, match="model.init_from="):
+        read_training_checkpoint(tmp_path / "weights.pth")
+    with pytest.raises(CheckpointError, match="is not looked up"):
+        read_training_checkpoint("last")
+
+
+def test_leftover_cleanup_removes_only_dead_writers_temporaries(tmp_path):
+    from birefnet.atomic import remove_partials
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    leftover = tmp_path / f".mask.partial-{dead}-0a1b2c.png"
+    running = tmp_path / f".mask.partial-{os.getpid()}-0a1b2c.png"
+    users = [tmp_path / n for n in (".notes.partial-draft.txt", f".x.partial-{dead}-draft.png", "a.partial-1-abcdef")]
+    users.append(tmp_path / f".y.partial-{dead}-0a1b2cX.png")
+    for f in (leftover, running, *users):
+        f.write_text("data")
+    assert remove_partials(tmp_path) == 1
+    assert not leftover.exists() and running.exists() and all(f.exists() for f in users)
+
+
+def test_export_onnx_never_overwrites_its_input_or_a_user_file(tmp_path, capsys):
+    from birefnet.cli import main as cli_main
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "m.safetensors"
+    save_model(BiRefNet("pvt_v2_b0", decoder_attention="").eval(), ckpt)
+    before = ckpt.read_bytes()
+    user_graph = tmp_path / "mine.onnx"
+    user_graph.write_bytes(b"a graph the user made elsewhere")
+    for output, message in ((ckpt, "give the file a .onnx name"), (user_graph, "is not a graph written by")):
+        with pytest.raises(SystemExit) as stop:
+            cli_main(["export-onnx", "--checkpoint", str(ckpt), "--output", str(output), "--size", "64"])
+        assert stop.value.code == 1 and message in capsys.readouterr().err
+    assert ckpt.read_bytes() == before and user_graph.read_bytes() == b"a graph the user made elsewhere"
+    ours = tmp_path / "m.onnx"
+    for _ in range(2):  # its own earlier output is replaced
+        assert cli_main(["export-onnx", "--checkpoint", str(ckpt), "--output", str(ours), "--size", "64"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.safetensors", "mine.onnx"]
+
+
 # -- 3. an interrupted predict leaves only complete outputs ----------------------------------------------------------
 KILL_DURING_THIRD_WRITE = """
 import os, signal, sys

@@ -178,6 +178,11 @@ def resolve_weights(reference: str | Path) -> ResolvedWeights:
         CheckpointError: a folder without weights, a bad ``config.json``, a repo that cannot be had.
     """
     text = str(reference)
+    if "://" in text:
+        raise CheckpointError(
+            f"{text}: model references are local files and folders or Hugging Face repos (hf:<owner>/<name>); URLs "
+            "are never fetched. Download the file yourself and pass its local path."
+        )
     hub = parse_hub_reference(text)
     if hub is not None:
         return _download(*hub, reference=text)
